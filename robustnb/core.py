@@ -19,7 +19,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'Norm', 'ThreatModel', 'check_batch', 'set_mode', 'eval_mode',
-           'train_mode', 'MethodOutput', 'Method', 'Standard', 'Registry']
+           'train_mode', 'MethodOutput', 'Method', 'Standard', 'PassCounter', 'count_passes', 'Registry', 'atomic_path',
+           'atomic_write_text', 'atomic_torch_save']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed: int, # the seed for `random`, NumPy and torch
@@ -229,6 +230,29 @@ class Standard(Method):
         return MethodOutput(nn.functional.cross_entropy(logits, y), logits=logits)
 
 # %% ../nbs/00_core.ipynb #c030
+class PassCounter:
+    "Per-sample counts of forward passes and back-propagated passes through a model (see `count_passes`)."
+    def __init__(self): self.forward = self.backward = 0
+    def per_sample(self, n: int) -> Tuple[float, float]:
+        "(forwards, backwards) per sample, for `n` samples."
+        return self.forward / n, self.backward / n
+    def __repr__(self): return f"PassCounter(forward={self.forward}, backward={self.backward})"
+
+@contextlib.contextmanager
+def count_passes(model: nn.Module): # the model to watch (its top-level forward is counted)
+    "Count samples going forward through `model`, and those whose output is back-propagated, inside the block."
+    c = PassCounter()
+    def hook(mod, inp, out):
+        n = out.shape[0]
+        c.forward += n
+        if out.requires_grad:
+            def bwd(g): c.backward += n
+            out.register_hook(bwd)
+    h = model.register_forward_hook(hook)
+    try: yield c
+    finally: h.remove()
+
+# %% ../nbs/00_core.ipynb #c033
 class Registry:
     "A name → object table whose lookups fail with the list of allowed names."
     def __init__(self, kind: str): # what is registered, for error messages ('model', 'method', ...)
@@ -254,3 +278,26 @@ class Registry:
     def names(self): return sorted(self._items)
     def __contains__(self, name): return str(name).lower() in self._items
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+# %% ../nbs/00_core.ipynb #c036
+@contextlib.contextmanager
+def atomic_path(path: Union[str, os.PathLike]): # the final file name
+    "Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.remove(tmp)
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str):
+    "Write `text` to `path` atomically."
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f: f.write(text)
+
+def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]):
+    "`torch.save(obj, path)`, atomically."
+    with atomic_path(path) as tmp: torch.save(obj, tmp)
