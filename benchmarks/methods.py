@@ -1,0 +1,156 @@
+"""Per-epoch cost of every registered training method (a benchmark, not a test).
+
+    python benchmarks/methods.py --n 2048                      # MNIST SmallCNN on the CPU, 2048 training images
+    python benchmarks/methods.py --n 2048 --methods trades,pgd_at
+    python benchmarks/methods.py --gpu-n 10240                 # also CIFAR-shaped PreAct-RN18 (bf16, channels_last) on a GPU
+
+For every method: one epoch over the same images with the same model, timed with a CUDA-synchronizing timer after a
+warm-up step, methods interleaved over several rounds (the fastest epoch of each is kept); images/s and the method's declared grad evals per sample. Side by side in the same run, TRADES is also
+timed in the straightforward reference formulation that recomputes the clean forward inside every attack step and
+twice in the outer loss (as the official code does), and the ratio is reported. Writes a markdown table to stdout and
+JSON to benchmarks/results/methods.json.
+"""
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustnb.core import Method, MethodOutput, Timer, eval_mode, get_device, set_seed
+from robustnb.data import Batches, get_data
+from robustnb.models import get_model
+from robustnb.train import METHODS, build_method, make_config, train_step
+
+
+class TRADESReference(Method):
+    "TRADES as the official trades.py computes it: f(x) recomputed in every attack step and twice in the outer loss."
+    name = "trades_reference"
+
+    def __init__(self, eps, alpha, steps, beta):
+        self.eps, self.alpha, self.steps, self.beta = eps, alpha, steps, beta
+        self.grad_evals = steps + 2  # the same gradient passes; it spends steps + 1 extra clean forwards
+
+    def loss(self, model, x, y):
+        kl = nn.KLDivLoss(reduction="sum")
+        with eval_mode(model):
+            x_adv = x.detach() + 0.001 * torch.randn_like(x)
+            for _ in range(self.steps):
+                x_adv.requires_grad_()
+                with torch.enable_grad():
+                    loss_kl = kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+                grad, = torch.autograd.grad(loss_kl, [x_adv])
+                x_adv = x_adv.detach() + self.alpha * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
+        logits = model(x)
+        loss_robust = kl(F.log_softmax(model(x_adv.detach()), dim=1), F.softmax(model(x), dim=1)) / len(x)
+        return MethodOutput(F.cross_entropy(logits, y) + self.beta * loss_robust, logits=logits)
+
+
+def time_epoch(method, model, opt, batches, device, amp="off", channels_last=False):
+    "Seconds for one epoch of `method`, and the number of images."
+    model.train()
+    n = 0
+    with Timer(device) as t:
+        for x, y in batches:
+            if channels_last: x = x.contiguous(memory_format=torch.channels_last)
+            train_step(model, method, opt, x, y, amp)
+            n += len(y)
+    return t.elapsed, n
+
+
+def bench(setting, names, x, y, arch, info, cfg_kw, device, amp, channels_last, batch_size, seed, repeats):
+    "Time every method; methods are interleaved over `repeats` rounds and the fastest epoch of each is kept."
+    cfg = make_config(**cfg_kw)
+    methods = [(n, build_method(make_config(**{**cfg_kw, "method": n}))) for n in names]
+    if "trades" in names:
+        methods.append(("trades (reference formulation)", TRADESReference(cfg.eps, cfg.step_size, cfg.steps, cfg.beta)))
+    state = {}
+    for name, method in methods:
+        set_seed(seed)
+        model = get_model(arch, dataset=info).to(device)
+        if channels_last: model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        batches = Batches(x, y, batch_size, shuffle=True, seed=seed, drop_last=True, device=device)
+        xb, yb = next(iter(batches))
+        train_step(model, method, opt, xb.contiguous(memory_format=torch.channels_last) if channels_last else xb, yb, amp)
+        state[name] = (method, model, opt, batches, [])
+    for r in range(repeats):  # interleaved, so that a load change on the machine hits every method alike
+        for name, (method, model, opt, batches, times) in state.items():
+            sec, n = time_epoch(method, model, opt, batches, device, amp, channels_last)
+            times.append(sec)
+            print(f"  round {r + 1}: {setting:32s} {name:32s} {sec:8.2f} s  {n / sec:9.1f} img/s", flush=True)
+    rows = []
+    for name, (method, model, opt, batches, times) in state.items():
+        n = len(batches) * batch_size
+        rows.append(dict(setting=setting, method=name, grad_evals=method.grad_evals, epoch_s=min(times),
+                         epoch_s_all=times, images=n, images_per_s=n / min(times)))
+    base = {r["method"]: r["epoch_s"] for r in rows}
+    for r in rows:
+        r["time_vs_standard"] = r["epoch_s"] / base["standard"] if "standard" in base else None
+        if r["method"] == "trades (reference formulation)" and "trades" in base:
+            r["reference_over_robustnb"] = r["epoch_s"] / base["trades"]
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=2048, help="MNIST training images for the CPU setting")
+    p.add_argument("--methods", default=",".join(METHODS.names()), help="comma-separated method names")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="inner steps of multi-step methods (TRADES-10, PGD-10)")
+    p.add_argument("--root", default=None, help="data root (default $ROBUSTNB_DATA); digits is used without MNIST")
+    p.add_argument("--gpu-n", type=int, default=10240, help="CIFAR-shaped images for the GPU setting")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the fastest epoch of each method is kept")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "methods.json"))
+    a = p.parse_args()
+    if a.threads: torch.set_num_threads(a.threads)
+    names = [m.strip() for m in a.methods.split(",") if m.strip()]
+    for n in names: METHODS.get(n)
+
+    rows = []
+    try:
+        data, dataset = get_data("mnist", root=a.root), "mnist"
+    except FileNotFoundError:
+        data, dataset = get_data("digits"), "digits"
+    cpu = torch.device("cpu")
+    x, y = data.x_train[:a.n], data.y_train[:a.n]
+    print(f"CPU: {dataset} SmallCNN, {len(y)} images, batch {a.batch_size}, {torch.get_num_threads()} threads")
+    kw = dict(dataset=dataset, arch="smallcnn", eps=0.3, alpha=0.01 * 40 / a.steps, steps=a.steps, beta=1.0, device="cpu")
+    rows += bench(f"cpu {dataset} smallcnn fp32", names, x, y, "smallcnn", data.info, kw, cpu, "off", False,
+                  a.batch_size, a.seed, a.repeats)
+    if torch.cuda.is_available():
+        dev = get_device("cuda")
+        g = torch.Generator().manual_seed(a.seed)
+        xc = torch.randint(0, 256, (a.gpu_n, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev)
+        yc = torch.randint(0, 10, (a.gpu_n,), generator=g).to(dev)
+        from robustnb.data import dataset_info
+        kw = dict(dataset="cifar10", arch="preactresnet18", eps=8 / 255, alpha=2 / 255, steps=a.steps, beta=6.0,
+                  device="cuda", amp="bf16", channels_last=True)
+        print(f"GPU: {torch.cuda.get_device_name(dev)}, CIFAR-shaped PreAct-RN18, {a.gpu_n} images, bf16, channels_last")
+        rows += bench("gpu cifar-shaped preactrn18 bf16", names, xc, yc, "preactresnet18", dataset_info("cifar10"), kw,
+                      dev, "bf16", True, a.batch_size, a.seed, a.repeats)
+
+    print("\n| setting | method | grad evals/sample | epoch (s) | images/s | time vs standard |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        rel = f"{r['time_vs_standard']:.2f}" if r["time_vs_standard"] else "-"
+        print(f"| {r['setting']} | {r['method']} | {r['grad_evals']} | {r['epoch_s']:.2f} | {r['images_per_s']:.0f} | {rel} |")
+    for r in rows:
+        if "reference_over_robustnb" in r:
+            print(f"\n{r['setting']}: the reference TRADES formulation takes {r['reference_over_robustnb']:.2f}x "
+                  f"the time of robustnb's TRADES per epoch")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
+                cpu_threads=torch.get_num_threads(), n=a.n, batch_size=a.batch_size, steps=a.steps,
+                repeats=a.repeats)
+    Path(a.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()
