@@ -17,8 +17,9 @@ from .core import Norm, Registry, ThreatModel, check_batch, eval_mode
 
 # %% auto #0
 __all__ = ['LOSSES', 'START_MODES', 'SCHEDULES', 'TARGET_MODES', 'ATTACKS', 'ce_loss', 'cw_loss', 'kl_loss', 'get_loss',
-           'most_confusing_class', 'pgd', 'linear_binary', 'Attack', 'random_wrong_class', 'PGD', 'FGSM', 'MIFGSM',
-           'deepfool', 'DeepFool', 'cw_l2', 'CWL2', 'RaySResult', 'rays', 'RayS', 'adbd', 'get_attack']
+           'most_confusing_class', 'steepest_direction', 'pgd', 'linear_binary', 'Attack', 'random_wrong_class', 'PGD',
+           'FGSM', 'MIFGSM', 'deepfool', 'DeepFool', 'cw_l2', 'CWL2', 'RaySResult', 'rays', 'RayS', 'adbd',
+           'get_attack']
 
 # %% ../nbs/03_attacks.ipynb #c005
 def ce_loss(logits: torch.Tensor, y: torch.Tensor, ref: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -97,8 +98,10 @@ def _success(logits: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tenso
     pred = logits.argmax(1)
     return pred == target if target is not None else pred != y
 
-def _direction(g: torch.Tensor, norm: Norm) -> torch.Tensor:
-    "The steepest-ascent direction of `norm` for gradient `g`."
+def steepest_direction(g: torch.Tensor, # a batch of gradients
+                       norm: Norm, # the norm whose unit ball the step lives in
+                      ) -> torch.Tensor:
+    "The steepest-ascent direction of `norm` for gradient `g`: sign(g) for Linf, g/‖g‖₂ per example for L2."
     if norm is Norm.Linf: return g.sign()
     return g / _bview(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
 
@@ -130,7 +133,7 @@ def _pgd_run(model, x, y, threat, steps, alpha, lossf, ref, start, init_std, tar
             if idx is None: buf = b
             else: buf[idx] = b
             g = b
-        new = threat.project(xi + a * _direction(g, threat.norm), x0)
+        new = threat.project(xi + a * steepest_direction(g, threat.norm), x0)
         if idx is None: xa = new
         else: xa[idx] = new
     return xa.detach()

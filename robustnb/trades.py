@@ -15,7 +15,7 @@ from .core import Method, MethodOutput, ThreatModel, eval_mode, set_mode
 from .attacks import pgd
 
 # %% auto #0
-__all__ = ['METHOD_FACTORIES', 'RECIPES', 'PGDAT', 'trades_kl', 'trades_loss', 'TRADES']
+__all__ = ['METHOD_FACTORIES', 'RECIPES', 'PGDAT', 'trades_kl', 'trades_loss', 'repeat_batch', 'trades_output', 'TRADES']
 
 # %% ../nbs/04_trades.ipynb #c005
 class PGDAT(Method):
@@ -56,6 +56,24 @@ def trades_loss(logits: torch.Tensor, # clean logits f(x)
     "CE(f(x), y) + β·KL(f(x) ‖ f(x')) (arXiv 1901.08573)."
     return F.cross_entropy(logits, y) + beta * trades_kl(logits_adv, logits)
 
+def repeat_batch(t: torch.Tensor, # a batch (N, ...)
+                 m: int, # copies
+                ) -> torch.Tensor:
+    "`t` stacked `m` times along the batch dimension (row j·N + i is copy j of example i)."
+    return t if m == 1 else t.repeat(m, *([1] * (t.dim() - 1)))
+
+def trades_output(model: nn.Module, # the model, in the caller's (training) mode
+                  x: torch.Tensor, # clean inputs (N, ...)
+                  y: torch.Tensor, # labels (N,)
+                  x_adv: torch.Tensor, # adversarial points: m·N rows, point j of example i at row j·N + i
+                  beta: float, # weight of the robust term
+                 ) -> MethodOutput:
+    "The TRADES outer loss CE(f(x), y) + β·mean_j KL(f(x) ‖ f(x_adv_j)) as a `MethodOutput` (arXiv 1901.08573)."
+    logits, logits_adv = model(x), model(x_adv)
+    nat, rob = F.cross_entropy(logits, y), trades_kl(logits_adv, repeat_batch(logits, len(x_adv) // len(x)))
+    return MethodOutput(nat + beta * rob, logits=logits, x_adv=x_adv,
+                        stats=dict(loss_natural=nat.item(), loss_robust=rob.item()))
+
 class TRADES(Method):
     "TRADES: CE on clean inputs plus β·KL to the prediction on a KL-maximizing PGD point (arXiv 1901.08573)."
     name = "trades"
@@ -64,26 +82,25 @@ class TRADES(Method):
                  alpha: Optional[float] = None, # step size (None: 2.5·ε/steps; official CIFAR: 0.007)
                  beta: float = 6.0, # weight of the robust KL term
                  init_std: float = 1e-3, # σ of the Gaussian start (official: 0.001)
+                 random_start: str = "gaussian", # 'gaussian' (official), 'uniform' in the ball (Fast TRADES) or 'none'
                 ):
         if steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
         if beta < 0: raise ValueError(f"beta must be >= 0, got {beta}")
         self.threat, self.steps, self.alpha, self.beta, self.init_std = threat, steps, alpha, beta, init_std
+        self.random_start = random_start
         self.grad_evals = steps + 2
 
     def loss(self, model, x, y):
         with eval_mode(model):
             with torch.no_grad(): clean = model(x)
             x_adv = pgd(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, loss="kl",
-                        random_start="gaussian", init_std=self.init_std, clean_logits=clean)
-        logits, logits_adv = model(x), model(x_adv)
-        nat, rob = F.cross_entropy(logits, y), trades_kl(logits_adv, logits)
-        return MethodOutput(nat + self.beta * rob, logits=logits, x_adv=x_adv,
-                            stats=dict(loss_natural=nat.item(), loss_robust=rob.item()))
+                        random_start=self.random_start, init_std=self.init_std, clean_logits=clean)
+        return trades_output(model, x, y, x_adv, self.beta)
 
 # %% ../nbs/04_trades.ipynb #c009
 METHOD_FACTORIES = {
-    "pgd_at": lambda c: PGDAT(c.threat, steps=c.steps, alpha=c.step_size),
-    "trades": lambda c: TRADES(c.threat, steps=c.steps, alpha=c.step_size, beta=c.beta),
+    "pgd_at": lambda c: PGDAT(c.threat, steps=c.steps or 10, alpha=c.alpha),
+    "trades": lambda c: TRADES(c.threat, steps=c.steps or 10, alpha=c.alpha, beta=c.beta),
 }
 
 RECIPES = {
