@@ -67,7 +67,7 @@ def bench(setting, names, x, y, arch, info, cfg_kw, device, amp, channels_last, 
     cfg = make_config(**cfg_kw)
     methods = [(n, build_method(make_config(**{**cfg_kw, "method": n}))) for n in names]
     if "trades" in names:
-        methods.append(("trades (reference formulation)", TRADESReference(cfg.eps, cfg.step_size, cfg.steps, cfg.beta)))
+        methods.append(("trades (reference formulation)", TRADESReference(cfg.eps, cfg.alpha, cfg.steps, cfg.beta)))
     state = {}
     for name, method in methods:
         set_seed(seed)

@@ -27,6 +27,8 @@ from .core import (Method, MethodOutput, Registry, Standard, ThreatModel, Timer,
 from .data import Batches, DATASETS, dataset_info, get_data, to_float
 from .models import MODELS, get_model
 import robustnb.trades
+import robustnb.backward
+from .backward import hessian_top_eigenvalue
 from .evaluate import accuracy, pgd_accuracy
 
 # %% auto #0
@@ -53,10 +55,14 @@ class TrainConfig:
     cyclic_peak: float = 0.4 # fraction of training where the cyclic schedule peaks
     norm: str = "Linf" # threat model norm: Linf or L2
     eps: float = 0.1 # perturbation budget in [0,1] pixel units (MNIST 0.3, CIFAR 8/255)
-    alpha: Optional[float] = None # attack step size; None: 2.5*eps/steps
-    steps: int = 10 # inner maximization steps
+    alpha: Optional[float] = None # attack step size (None: the method's default, e.g. 2.5*eps/steps for PGD)
+    steps: Optional[int] = None # inner maximization steps (None: the method's default, 10 for PGD-AT/TRADES, 1 for Fast AT)
     beta: float = 6.0 # TRADES/BS weight of the robust KL term
     gamma: float = 1.0 # Backward Smoothing: scale of the output-space noise
+    bs_points: int = 1 # Backward Smoothing: random targets (starting points) per example
+    attack_mode: str = "eval" # model mode during the attacks of fast_at/fast_at_plus: eval or train (Wong et al.: train)
+    plus_drop: float = 0.2 # Fast AT+: a fall of the check's PGD accuracy by more than this switches to PGD training
+    plus_pgd_epochs: int = 0 # Fast AT+: epochs of PGD training after a collapse (0: the rest of training)
     optimizer: str = "sgd" # optimizer, one of OPTIMIZERS.names()
     seed: int = 0 # random seed (model init, shuffling, attacks)
     device: str = "auto" # auto, cpu, cuda, cuda:N
@@ -66,6 +72,8 @@ class TrainConfig:
     eval_every: int = 1 # evaluate on the held-out split every k epochs
     eval_subset: int = 200 # held-out training examples used for per-epoch clean/PGD accuracy
     eval_steps: int = 20 # PGD steps of the per-epoch robust accuracy
+    hessian_every: int = 0 # log the top eigenvalue of the inner loss's input Hessian every k epochs (0: never)
+    hessian_loss: str = "ce" # loss of that Hessian: ce or kl
     test_subset: int = 1000 # test examples of the final evaluation (0: the whole test set)
     max_train_samples: int = 0 # use at most this many training examples (0: all)
     augment: str = "auto" # auto (crop+flip for 32x32 colour sets), none, crop_flip
@@ -77,13 +85,9 @@ class TrainConfig:
 
     @property
     def threat(self) -> ThreatModel: return ThreatModel(self.norm, self.eps)
-    @property
-    def step_size(self) -> float:
-        "The attack step size: `alpha`, or 2.5·ε/steps (Madry et al.'s rule) when it is not given."
-        return float(self.alpha) if self.alpha is not None else 2.5 * self.eps / self.steps
 
 # %% ../nbs/11_train.ipynb #c007
-METHOD_MODULES = [robustnb.trades] # the notebooks whose METHOD_FACTORIES and RECIPES the trainer collects
+METHOD_MODULES = [robustnb.trades, robustnb.backward] # the notebooks whose METHOD_FACTORIES and RECIPES the trainer collects
 
 METHODS = Registry("method")
 METHODS.register("standard", obj=lambda c: Standard())
@@ -132,11 +136,14 @@ def _coerce(name: str, value: Any) -> Any:
         try: return tuple(float(v) for v in value)
         except (TypeError, ValueError): raise ValueError(f"milestones must be numbers, got {value!r}") from None
     default = _FIELDS[name].default
-    if default is None:  # the optional fields: root, recipe, alpha
+    if default is None:  # the optional fields: root, recipe, alpha, steps
         if value is None or value in ("None", "none", ""): return None
-        if name != "alpha": return str(value)
-        try: return float(value)
-        except (TypeError, ValueError): raise ValueError(f"alpha must be a number or None, got {value!r}") from None
+        if name in ("root", "recipe"): return str(value)
+        kind = int if name == "steps" else float
+        try: v = float(value)
+        except (TypeError, ValueError): raise ValueError(f"{name} must be a number or None, got {value!r}") from None
+        if kind is int and v != int(v): raise ValueError(f"{name} must be an integer or None, got {value!r}")
+        return kind(v)
     if isinstance(default, bool):
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -161,14 +168,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}: allowed are {', '.join(sorted(RECIPES))}")
     ThreatModel(cfg.norm, cfg.eps)  # validates norm and eps >= 0
-    for name in ("epochs", "batch_size", "steps", "eval_every", "eval_steps"):
+    for name in ("epochs", "batch_size", "eval_every", "eval_steps", "bs_points"):
         if getattr(cfg, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("eval_subset", "test_subset", "max_train_samples"):
+    if cfg.steps is not None and cfg.steps < 1: raise ValueError(f"steps must be >= 1 or None, got {cfg.steps}")
+    for name in ("eval_subset", "test_subset", "max_train_samples", "hessian_every", "plus_pgd_epochs"):
         if getattr(cfg, name) < 0: raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if not cfg.lr > 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
     if cfg.alpha is not None and not cfg.alpha > 0: raise ValueError(f"alpha must be > 0 or None, got {cfg.alpha}")
     if cfg.weight_decay < 0 or not 0 <= cfg.momentum < 1:
         raise ValueError(f"need weight_decay >= 0 and 0 <= momentum < 1, got {cfg.weight_decay}, {cfg.momentum}")
+    if cfg.attack_mode not in ("eval", "train"): raise ValueError(f"attack_mode must be eval or train, got {cfg.attack_mode!r}")
+    if cfg.hessian_loss not in ("ce", "kl"): raise ValueError(f"hessian_loss must be ce or kl, got {cfg.hessian_loss!r}")
+    if not 0 < cfg.plus_drop <= 1: raise ValueError(f"plus_drop must be in (0, 1], got {cfg.plus_drop}")
     if cfg.amp not in ("off", "bf16", "fp16"): raise ValueError(f"amp must be one of off, bf16, fp16, got {cfg.amp!r}")
     if cfg.augment not in ("auto", "none", "crop_flip"):
         raise ValueError(f"augment must be one of auto, none, crop_flip, got {cfg.augment!r}")
@@ -395,7 +406,7 @@ def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config
     x_check, y_check = to_float(x_tr[:cfg.batch_size]), y_tr[:cfg.batch_size]
     for epoch in bar:
         batches.set_epoch(epoch)
-        if hasattr(method, "on_epoch_start"): method.on_epoch_start(model, x_check, y_check, epoch)
+        epoch_stats = method.on_epoch_start(model, x_check, y_check, epoch) if hasattr(method, "on_epoch_start") else None
         tot_loss, tot_correct, n = 0.0, 0, 0
         with train_mode(model), Timer(device) as tm:
             for i, (x, y) in enumerate(batches):
@@ -410,11 +421,14 @@ def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config
         train_time += tm.elapsed
         rec = dict(epoch=epoch + 1, lr=lr_at(cfg, epoch + 1 - 1e-9), train_loss=tot_loss / n, train_acc=tot_correct / n,
                    val_clean_acc=None, val_robust_acc=None, epoch_time_s=tm.elapsed,
-                   images_per_s=n / tm.elapsed, grad_evals_per_sample=method.grad_evals)
+                   images_per_s=n / tm.elapsed, grad_evals_per_sample=method.grad_evals, **(epoch_stats or {}))
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             if dinfo.is_main:
                 rec["val_clean_acc"] = accuracy(model, x_val, y_val)
                 rec["val_robust_acc"] = pgd_accuracy(model, x_val, y_val, cfg.threat, steps=cfg.eval_steps, seed=cfg.seed)
+                if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
+                    rec["hessian_top_eig"] = hessian_top_eigenvalue(model, to_float(x_val[:cfg.batch_size]), y_val[:cfg.batch_size],
+                                                                    loss=cfg.hessian_loss, seed=cfg.seed)
                 if rec["val_robust_acc"] > best["score"]:
                     best = dict(epoch=epoch + 1, score=rec["val_robust_acc"],
                                 state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
@@ -446,7 +460,7 @@ def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config
     if dinfo.enabled: dist.barrier()
     return RunResult(model, metrics, history, out)
 
-# %% ../nbs/11_train.ipynb #c036
+# %% ../nbs/11_train.ipynb #c038
 def _field_docs() -> Dict[str, str]:
     "The trailing comments of `TrainConfig`'s fields (docments), used as help texts."
     from fastcore.docments import docments
