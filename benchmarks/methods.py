@@ -62,10 +62,14 @@ def time_epoch(method, model, opt, batches, device, amp="off", channels_last=Fal
     return t.elapsed, n
 
 
-def bench(setting, names, x, y, arch, info, cfg_kw, device, amp, channels_last, batch_size, seed, repeats):
+MULTI_STEP = ("pgd_at", "trades")
+
+
+def bench(setting, names, x, y, arch, info, cfg_kw, multi_kw, device, amp, channels_last, batch_size, seed, repeats):
     "Time every method; methods are interleaved over `repeats` rounds and the fastest epoch of each is kept."
-    cfg = make_config(**cfg_kw)
-    methods = [(n, build_method(make_config(**{**cfg_kw, "method": n}))) for n in names]
+    cfg = make_config(**cfg_kw, **multi_kw)
+    # the multi-step methods get the steps and step size asked for; every other method runs with its own defaults
+    methods = [(n, build_method(make_config(**cfg_kw, **(multi_kw if n in MULTI_STEP else {}), method=n))) for n in names]
     if "trades" in names:
         methods.append(("trades (reference formulation)", TRADESReference(cfg.eps, cfg.alpha, cfg.steps, cfg.beta)))
     state = {}
@@ -101,7 +105,8 @@ def main():
     p.add_argument("--n", type=int, default=2048, help="MNIST training images for the CPU setting")
     p.add_argument("--methods", default=",".join(METHODS.names()), help="comma-separated method names")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10, help="inner steps of multi-step methods (TRADES-10, PGD-10)")
+    p.add_argument("--steps", type=int, default=10, help="inner steps of the multi-step methods (PGD-AT, TRADES); the "
+                   "others run with their own defaults (BS: 2 inner steps, Fast AT/TRADES: 1)")
     p.add_argument("--root", default=None, help="data root (default $ROBUSTNB_DATA); digits is used without MNIST")
     p.add_argument("--gpu-n", type=int, default=10240, help="CIFAR-shaped images for the GPU setting")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -121,8 +126,9 @@ def main():
     cpu = torch.device("cpu")
     x, y = data.x_train[:a.n], data.y_train[:a.n]
     print(f"CPU: {dataset} SmallCNN, {len(y)} images, batch {a.batch_size}, {torch.get_num_threads()} threads")
-    kw = dict(dataset=dataset, arch="smallcnn", eps=0.3, alpha=0.01 * 40 / a.steps, steps=a.steps, beta=1.0, device="cpu")
-    rows += bench(f"cpu {dataset} smallcnn fp32", names, x, y, "smallcnn", data.info, kw, cpu, "off", False,
+    kw = dict(dataset=dataset, arch="smallcnn", eps=0.3, beta=1.0, device="cpu")
+    multi = dict(steps=a.steps, alpha=0.01 * 40 / a.steps)
+    rows += bench(f"cpu {dataset} smallcnn fp32", names, x, y, "smallcnn", data.info, kw, multi, cpu, "off", False,
                   a.batch_size, a.seed, a.repeats)
     if torch.cuda.is_available():
         dev = get_device("cuda")
@@ -130,11 +136,12 @@ def main():
         xc = torch.randint(0, 256, (a.gpu_n, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev)
         yc = torch.randint(0, 10, (a.gpu_n,), generator=g).to(dev)
         from robustnb.data import dataset_info
-        kw = dict(dataset="cifar10", arch="preactresnet18", eps=8 / 255, alpha=2 / 255, steps=a.steps, beta=6.0,
-                  device="cuda", amp="bf16", channels_last=True)
+        kw = dict(dataset="cifar10", arch="preactresnet18", eps=8 / 255, beta=6.0, device="cuda", amp="bf16",
+                  channels_last=True)
+        multi = dict(steps=a.steps, alpha=2 / 255)
         print(f"GPU: {torch.cuda.get_device_name(dev)}, CIFAR-shaped PreAct-RN18, {a.gpu_n} images, bf16, channels_last")
         rows += bench("gpu cifar-shaped preactrn18 bf16", names, xc, yc, "preactresnet18", dataset_info("cifar10"), kw,
-                      dev, "bf16", True, a.batch_size, a.seed, a.repeats)
+                      multi, dev, "bf16", True, a.batch_size, a.seed, a.repeats)
 
     print("\n| setting | method | grad evals/sample | epoch (s) | images/s | time vs standard |")
     print("|---|---|---|---|---|---|")
