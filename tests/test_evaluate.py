@@ -1,0 +1,286 @@
+"""Tests of robustnb.evaluate: masked models are flagged and an ordinary one is not; randomized smoothing against its
+closed form on a linear model; the worst case; an evaluation leaves the model (and the global RNG) as it found it;
+bad input is refused; AutoAttack agrees with itself and with PGD; run directories, eval.json and the comparison."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import binom
+from torch import nn
+
+from robustnb.attacks import linear_binary
+from robustnb.core import ThreatModel, set_seed
+from robustnb.data import get_data, to_float
+from robustnb.evaluate import (CheckConfig, QuantizeInput, ScaleLogits, Smooth, SoftmaxOutput, accuracy,
+                               certified_accuracy, certify_dataset, clopper_pearson_lower, compare, evaluate,
+                               evaluate_run, input_grad_norms, masking_checks, penultimate_features, resolve_suite,
+                               worst_case, AttackResult)
+from robustnb.models import get_model
+
+TM = ThreatModel("Linf", 0.1)
+CHEAP = CheckConfig(sweep=(1.0,), restarts=2, square_queries=300)  # less attack effort, the same thresholds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    "The models are tiny: one thread is as fast, and far faster on a loaded 2-core machine."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(one_thread):
+    "An ordinary SmallCNN trained on digits for a few seconds (plain cross-entropy), and 100 test examples."
+    set_seed(0)
+    data = get_data("digits")
+    net = get_model("smallcnn", dataset="digits")
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    xtr, ytr = to_float(data.x_train), data.y_train
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        for idx in torch.randperm(len(xtr), generator=g).split(128):
+            opt.zero_grad()
+            F.cross_entropy(net(xtr[idx]), ytr[idx]).backward()
+            opt.step()
+    net.eval()
+    assert accuracy(net, data.x_test, data.y_test) > 0.9
+    return net, data.x_test[:100], data.y_test[:100]
+
+
+def flagged(model, x, y, config=None, n=50):
+    return {c.name for c in masking_checks(model, x, y, TM, n=n, config=config) if c.flagged}
+
+
+# ---------------------------------------------------------------- gradient-masking checks
+
+def test_ordinary_model_is_not_flagged(trained):
+    net, x, y = trained
+    checks = masking_checks(net, x, y, TM, n=40)
+    assert [c.name for c in checks] == ["mode", "logits", "randomness", "gradients", "eps_sweep", "steps", "loss", "blackbox"]
+    assert [c.message for c in checks if c.flagged] == []
+    sweep = next(c for c in checks if c.name == "eps_sweep").details["accuracy"]
+    assert sweep[-1] <= 0.05 and sweep[0] >= sweep[-1]
+
+
+class NoisyInput(nn.Module):
+    "A randomized model: Gaussian noise on the input at every forward pass."
+    def __init__(self, model, sigma=0.3):
+        super().__init__()
+        self.model, self.sigma = model, sigma
+    def forward(self, x): return self.model(x + self.sigma * torch.randn_like(x))
+
+
+@pytest.mark.parametrize("wrap, expected", [
+    (lambda m: QuantizeInput(m, 4), {"gradients", "eps_sweep"}),      # shattered gradients: zero almost everywhere
+    (lambda m: ScaleLogits(m, 1e4), {"gradients", "loss"}),           # saturated softmax: CE gradient exactly 0
+    (lambda m: SoftmaxOutput(m), {"logits"}),                          # probabilities instead of logits
+    (lambda m: NoisyInput(m), {"randomness"}),                         # a randomized model
+])
+def test_masked_models_are_flagged(trained, wrap, expected):
+    net, x, y = trained
+    found = flagged(wrap(net).eval(), x, y, CHEAP)
+    assert expected <= found, found
+    assert "mode" not in found
+
+
+def test_train_mode_is_flagged_and_restored(trained):
+    net, x, y = trained
+    net.train()
+    try:
+        assert flagged(net, x, y, CHEAP, n=30) == {"mode"}
+        assert net.training and all(m.training for m in net.modules())
+    finally:
+        net.eval()
+
+
+def test_check_thresholds_are_the_documented_ones():
+    c = CheckConfig()
+    assert (c.tol, c.zero_grad_frac, c.unbounded_acc, c.loss_gap, c.restarts, c.square_queries) == (0.02, 0.01, 0.05, 0.10, 5, 1000)
+
+
+# ---------------------------------------------------------------- randomized smoothing, closed form
+
+def test_smoothing_matches_the_linear_closed_form():
+    set_seed(1)
+    d, sigma = 10, 0.5
+    w, b = torch.randn(d), 0.3
+    f = linear_binary(w, b)
+    x = torch.rand(25, d)
+    s = x @ w + b
+    dist = s.abs() / w.norm()                                    # exact radius = distance to the hyperplane
+    smooth = Smooth(f, 2, sigma, batch_size=5000)
+    pa = torch.distributions.Normal(0, 1).cdf(s / (sigma * w.norm()))
+    c = smooth.counts(x[3], 40000, torch.Generator().manual_seed(0))
+    assert abs(c[1].item() / 40000 - pa[3].item()) < 4 * math.sqrt(pa[3] * (1 - pa[3]) / 40000)
+    cert = certify_dataset(smooth, x, (s > 0).long(), n0=100, n=20000, alpha=0.001, seed=0, progress=False)
+    ok = cert["pred"] != Smooth.ABSTAIN
+    assert ok.sum() >= 18
+    assert (cert["pred"][ok] == (s[ok] > 0).long()).all()
+    assert (cert["radius"][ok] <= dist[ok] + 1e-6).all()
+    assert (cert["radius"][ok] >= dist[ok] - 0.1).all()
+    # abstain exactly where the exact radius is too small to be certified with n samples
+    assert not ok[dist < 0.01].any()
+    # far from the boundary every sample agrees: the bound is alpha^(1/n), the radius sigma * Phi^-1 of it
+    far = Smooth(linear_binary(w, 100.0), 2, sigma)
+    cls, r = far.certify(x[0], n0=50, n=1000, alpha=0.01)
+    assert cls == 1 and r == pytest.approx(sigma * torch.distributions.Normal(0, 1).icdf(torch.tensor(0.01 ** (1 / 1000))).item(), rel=1e-4)
+    assert far.predict(x[0], n=100) == 1
+    curve = certified_accuracy(cert["radius"], cert["correct"], [0.0, 0.05, 0.1, 0.3, 1.0])
+    assert (np.diff(curve) <= 0).all() and curve[-1] <= (dist >= 1.0).float().mean().item()
+
+
+@pytest.mark.parametrize("k, n, alpha", [(1, 10, 0.05), (37, 50, 0.001), (999, 1000, 0.01)])
+def test_clopper_pearson_is_exact(k, n, alpha):
+    p = clopper_pearson_lower(k, n, alpha)
+    assert binom.sf(k - 1, n, p) == pytest.approx(alpha, rel=1e-6)   # P(X >= k | p_lower) = alpha
+    assert clopper_pearson_lower(0, n, alpha) == 0.0
+    with pytest.raises(ValueError):
+        clopper_pearson_lower(n + 1, n, alpha)
+
+
+# ---------------------------------------------------------------- the suite: worst case, model untouched, errors
+
+def test_worst_case_is_below_every_attack(trained):
+    net, x, y = trained
+    res = evaluate(net, x, y, TM, ["fgsm", "pgd20", "cw20", "mifgsm", "deepfool"], subsets={"deepfool": 60},
+                   progress=False, checks=False)
+    assert res.worst.n == 60
+    for r in res.results.values():
+        assert res.worst.accuracy <= r.accuracy_on(60)
+    assert res.worst.accuracy < res["clean"].accuracy
+    g = torch.Generator().manual_seed(0)
+    rows = [AttackResult(str(i), str(i), "white", torch.rand(50, generator=g) < 0.7) for i in range(5)]
+    w = worst_case(rows)
+    assert all(w.accuracy <= r.accuracy for r in rows) and w.accuracy == torch.stack([r.correct for r in rows]).all(0).sum().item() / 50
+
+
+def test_evaluation_leaves_model_and_rng_unchanged(trained):
+    net, x, y = trained
+    net.train()
+    next(m for m in net.modules() if isinstance(m, nn.Dropout)).eval()      # a frozen submodule must stay frozen
+    modes = [m.training for m in net.modules()]
+    first = next(net.parameters())
+    first.requires_grad_(False)
+    for p in net.parameters(): p.grad = torch.full_like(p, 0.5) if p.requires_grad else None
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    flags = [p.requires_grad for p in net.parameters()]
+    rng = torch.get_rng_state()
+    try:
+        evaluate(net, x, y, TM, ["pgd10", "aa"], aa_subset=8, options={"aa": {"n_queries": 100}}, checks=False,
+                 progress=False)                                     # standard AA: FAB calls .backward()
+        assert [m.training for m in net.modules()] == modes
+        assert [p.requires_grad for p in net.parameters()] == flags
+        assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+        assert all((p.grad is None) if not f else torch.equal(p.grad, torch.full_like(p, 0.5))
+                   for p, f in zip(net.parameters(), flags))
+        assert torch.equal(torch.get_rng_state(), rng)   # AutoAttack re-seeds the global generator: we fork it
+    finally:
+        first.requires_grad_(True)
+        for p in net.parameters(): p.grad = None
+        net.eval()
+
+
+def test_evaluation_is_deterministic(trained):
+    net, x, y = trained
+    a = evaluate(net, x, y, TM, ["pgd20", "fgsm"], progress=False, checks=False, seed=3)
+    b = evaluate(net, x, y, TM, ["pgd20", "fgsm"], progress=False, checks=False, seed=3)
+    assert all(torch.equal(a[k].correct, b[k].correct) for k in a.results)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda n, x, y: evaluate(n, x, y, ("Linf", -0.1)), "eps"),
+    (lambda n, x, y: evaluate(n, x, y, ThreatModel("L2", float("nan"))), "eps"),
+    (lambda n, x, y: evaluate(n, x, y, TM, ["pgd20", "bim"]), "unknown attack 'bim': allowed are aa, aa_fast, clean"),
+    (lambda n, x, y: evaluate(n, x, y, TM, "fastest"), "unknown suite 'fastest': allowed are clean, pgd, quick"),
+    (lambda n, x, y: evaluate(n, x, y, ThreatModel("L2", 0.5), ["rays"]), "rays: not applicable to the L2 threat model"),
+    (lambda n, x, y: evaluate(n, to_float(x) * 2, y, TM), r"must lie in \[0.0, 1.0\]"),
+    (lambda n, x, y: evaluate(n, to_float(x) - 0.5, y, TM), "normalization belongs inside the model"),
+    (lambda n, x, y: evaluate(n, x[:0], y[:0], TM), "empty"),
+    (lambda n, x, y: evaluate(n, x, y[:-1], TM), "one label per example"),
+    (lambda n, x, y: evaluate(n, x, y + 10, TM, "clean"), r"labels must be in \[0, 10\)"),
+    (lambda n, x, y: evaluate(n, x, y, TM, "pgd", options={"pgd20": {"steps": 3}}), "takes the options"),
+    (lambda n, x, y: evaluate(n, x, y, TM, "pgd", aa_subset=0), "aa_subset must be an integer >= 1"),
+    (lambda n, x, y: evaluate(n, x, y, TM, "pgd", device="meta"), "device"),
+])
+def test_bad_input_gets_a_clear_error(trained, call, match):
+    net, x, y = trained
+    with pytest.raises(ValueError, match=match):
+        call(net, x, y)
+
+
+def test_suites_follow_the_norm():
+    full_linf = [a.name for a in resolve_suite("full", TM)]
+    full_l2 = [a.name for a in resolve_suite("full", ThreatModel("L2", 0.5))]
+    assert "rays" in full_linf and "rays" not in full_l2 and full_l2 == [n for n in full_linf if n != "rays"]
+    assert [a.name for a in resolve_suite("quick", TM)] == ["clean", "fgsm", "pgd20", "pgd100", "cw100", "aa_fast"]
+
+
+# ---------------------------------------------------------------- AutoAttack, RayS, L2
+
+def test_autoattack_fast_is_consistent(trained):
+    net, x, y = trained
+    res = evaluate(net, x, y, TM, ["pgd20", "aa_fast"], aa_subset=30, progress=False, checks=False)
+    aa, clean = res["aa_fast"], res["clean"]
+    assert aa.n == 30 and aa.accuracy <= res["pgd20"].accuracy_on(30) + 1 / 30
+    assert not (aa.correct & ~clean.correct[:30]).any()            # robust under AA implies clean-correct
+    assert aa.stats["after"]["apgd-t"] == pytest.approx(aa.accuracy, abs=1e-9)
+    assert aa.stats["after"]["apgd-ce"] >= aa.stats["after"]["apgd-t"]
+
+
+def test_rays_and_l2(trained):
+    net, x, y = trained
+    res = evaluate(net, x, y, TM, ["rays"], subsets={"rays": 20}, options={"rays": {"query_budget": 300}},
+                   progress=False, checks=False)
+    r = res["rays"]
+    assert (r.dist[~r.correct & res["clean"].correct[:20]] <= TM.eps).all()
+    assert 0 < r.stats["adbd"] < 1 and res.to_dict()["adbd"] == r.stats["adbd"]
+    l2 = evaluate(net, x, y, ThreatModel("L2", 0.5), ["fgsm", "pgd20", "deepfool"], progress=False, checks=False)
+    assert l2["pgd20"].accuracy <= l2["fgsm"].accuracy <= l2["clean"].accuracy
+
+
+# ---------------------------------------------------------------- analysis helpers
+
+def test_input_gradient_norms_closed_form():
+    set_seed(2)
+    w = torch.randn(6)
+    f = linear_binary(w, -0.5 * w.sum().item())
+    x, y = torch.rand(32, 6), torch.ones(32, dtype=torch.long)
+    s = x @ w - 0.5 * w.sum()
+    torch.testing.assert_close(input_grad_norms(f, x, y), torch.sigmoid(-s) ** 2 * w.norm() ** 2, rtol=1e-5, atol=1e-7)
+
+
+def test_penultimate_features_are_the_last_hidden_layer():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.rand(9, 4)
+    torch.testing.assert_close(penultimate_features(mlp, x, batch_size=4), torch.relu(mlp[1](x)))
+
+
+# ---------------------------------------------------------------- run directories and the comparison
+
+def test_evaluate_run_and_compare(tmp_path, one_thread):
+    from robustnb.train import fit, make_config  # evaluate sits below train: only the test imports it
+    runs = [tmp_path / "standard", tmp_path / "trades"]
+    for method, d in zip(("standard", "trades"), runs):
+        fit(make_config(method=method, epochs=1, steps=3, out_dir=str(d), test_subset=60), progress=False)
+    for d, suite, checks in zip(runs, ("pgd", ["pgd20"]), (True, False)):
+        ev = evaluate_run(d, suite=suite, n=60, check_n=30, checks=checks, progress=False)
+        saved = json.loads((d / "eval.json").read_text())
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert saved["n"] == 60 and saved["method"] == d.name and saved["threat"]["eps"] == metrics["config"]["eps"]
+        assert saved["clean_acc"] == pytest.approx(metrics["clean_acc"])   # the same test examples, the same model
+        assert 0 <= saved["worst_case"] <= min(saved["robust_acc"].values()) <= saved["clean_acc"] <= 1
+        assert [c["name"] for c in saved["checks"]][:2] == (["mode", "logits"] if checks else [])
+        md = (d / "eval.md").read_text()
+        assert f"{100 * ev.worst.accuracy:.2f}" in md and ("Gradient-masking checks" in md) == checks
+        assert not list(d.glob(".*.tmp"))                                   # atomic writes leave nothing behind
+    table, fig = compare(runs, out=tmp_path / "cmp.png")
+    assert fig == tmp_path / "cmp.png" and fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [l for l in table.splitlines() if l.startswith("| ")]
+    assert len(lines) == 3 and "| standard | standard |" in lines[1] and "| trades | trades |" in lines[2]
+    with pytest.raises(FileNotFoundError, match="run directory"):
+        evaluate_run(tmp_path / "nothing")
