@@ -29,13 +29,13 @@ from .models import MODELS, get_model
 import robustnb.trades
 import robustnb.backward
 from .backward import hessian_top_eigenvalue
-from .evaluate import accuracy, pgd_accuracy
+from .evaluate import SUITES, EvalResult, accuracy, evaluate_run, pgd_accuracy
 
 # %% auto #0
-__all__ = ['METHOD_MODULES', 'METHODS', 'OPTIMIZERS', 'SCHEDULES', 'RECIPES', 'RUN_FILES', 'CKPT_FORMAT', 'TrainConfig',
-           'build_method', 'lr_at', 'validate', 'make_config', 'config_from_parameters', 'DistInfo', 'init_distributed',
-           'allreduce_grads', 'broadcast_module', 'load_checkpoint', 'prepare_out_dir', 'train_step', 'RunResult',
-           'fit', 'build_parser', 'main']
+__all__ = ['METHOD_MODULES', 'METHODS', 'OPTIMIZERS', 'SCHEDULES', 'RECIPES', 'RUN_FILES', 'EVAL_FILES', 'CKPT_FORMAT',
+           'TrainConfig', 'build_method', 'lr_at', 'validate', 'make_config', 'config_from_parameters', 'DistInfo',
+           'init_distributed', 'allreduce_grads', 'broadcast_module', 'load_checkpoint', 'prepare_out_dir',
+           'train_step', 'RunResult', 'fit', 'evaluate_after_fit', 'build_parser', 'main']
 
 # %% ../nbs/11_train.ipynb #c005
 @dataclass
@@ -75,6 +75,8 @@ class TrainConfig:
     hessian_every: int = 0 # log the top eigenvalue of the inner loss's input Hessian every k epochs (0: never)
     hessian_loss: str = "ce" # loss of that Hessian: ce or kl
     test_subset: int = 1000 # test examples of the final evaluation (0: the whole test set)
+    eval_suite: str = "quick" # attack suite run after training (clean, pgd, quick, standard, full; none: skip)
+    aa_subset: int = 100 # test examples for AutoAttack and the other slow attacks of that suite (0: all)
     max_train_samples: int = 0 # use at most this many training examples (0: all)
     augment: str = "auto" # auto (crop+flip for 32x32 colour sets), none, crop_flip
     root: Optional[str] = None # data root (else $ROBUSTNB_DATA, else a cache folder)
@@ -171,12 +173,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("epochs", "batch_size", "eval_every", "eval_steps", "bs_points"):
         if getattr(cfg, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.steps is not None and cfg.steps < 1: raise ValueError(f"steps must be >= 1 or None, got {cfg.steps}")
-    for name in ("eval_subset", "test_subset", "max_train_samples", "hessian_every", "plus_pgd_epochs"):
+    for name in ("eval_subset", "test_subset", "max_train_samples", "hessian_every", "plus_pgd_epochs", "aa_subset"):
         if getattr(cfg, name) < 0: raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if not cfg.lr > 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
     if cfg.alpha is not None and not cfg.alpha > 0: raise ValueError(f"alpha must be > 0 or None, got {cfg.alpha}")
     if cfg.weight_decay < 0 or not 0 <= cfg.momentum < 1:
         raise ValueError(f"need weight_decay >= 0 and 0 <= momentum < 1, got {cfg.weight_decay}, {cfg.momentum}")
+    if cfg.eval_suite != "none" and cfg.eval_suite not in SUITES:
+        raise ValueError(f"unknown eval_suite {cfg.eval_suite!r}: allowed are none, {', '.join(SUITES)}")
     if cfg.attack_mode not in ("eval", "train"): raise ValueError(f"attack_mode must be eval or train, got {cfg.attack_mode!r}")
     if cfg.hessian_loss not in ("ce", "kl"): raise ValueError(f"hessian_loss must be ce or kl, got {cfg.hessian_loss!r}")
     if not 0 < cfg.plus_drop <= 1: raise ValueError(f"plus_drop must be in (0, 1], got {cfg.plus_drop}")
@@ -256,6 +260,7 @@ def broadcast_module(model: nn.Module):
 
 # %% ../nbs/11_train.ipynb #c023
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.pt", "checkpoint.pt", "curves.png")
+EVAL_FILES = ("eval.json", "eval.md") # written by the evaluation after training (robustnb.evaluate.evaluate_run)
 CKPT_FORMAT = "robustnb-checkpoint-1"
 _NOT_COMPARED = {"resume", "overwrite", "out_dir", "device", "epochs", "eval_every", "test_subset", "root"}
 
@@ -278,7 +283,7 @@ def prepare_out_dir(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
     "Check `out_dir` before training: refuse another run's folder unless resume/overwrite; return a checkpoint to resume."
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir(): raise ValueError(f"out_dir {out} exists and is not a directory")
-    present = [f for f in RUN_FILES if (out / f).exists()]
+    present = [f for f in RUN_FILES + EVAL_FILES if (out / f).exists()]
     if cfg.resume:
         if (out / "checkpoint.pt").exists(): return load_checkpoint(out / "checkpoint.pt", cfg)
         if present and not cfg.overwrite:
@@ -394,7 +399,7 @@ def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config
     if dinfo.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
-            for f in RUN_FILES: (out / f).unlink(missing_ok=True)
+            for f in RUN_FILES + EVAL_FILES: (out / f).unlink(missing_ok=True)
         atomic_write_text(out / "config.json", json.dumps(_cfg_json(cfg), indent=2))
         atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
@@ -461,6 +466,16 @@ def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config
     return RunResult(model, metrics, history, out)
 
 # %% ../nbs/11_train.ipynb #c038
+def evaluate_after_fit(run: RunResult, # what fit returned
+                       cfg: TrainConfig, # the run's configuration
+                       progress: bool = True, # show progress bars
+                      ) -> Optional[EvalResult]:
+    "Run `cfg.eval_suite` on the selected model of `run` and write eval.json/eval.md (None when skipped or not rank 0)."
+    if cfg.eval_suite == "none" or not run.metrics: return None
+    return evaluate_run(run.out_dir, suite=cfg.eval_suite, n=cfg.test_subset or None, aa_subset=cfg.aa_subset or None,
+                        device=cfg.device, progress=progress)
+
+# %% ../nbs/11_train.ipynb #c041
 def _field_docs() -> Dict[str, str]:
     "The trailing comments of `TrainConfig`'s fields (docments), used as help texts."
     from fastcore.docments import docments
@@ -486,6 +501,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"robustnb-train: error: {e}", file=sys.stderr); return 2
     run = fit(cfg, progress=not quiet)
+    res = evaluate_after_fit(run, cfg, progress=not quiet)
+    if res is not None: print(res.to_markdown())
     if run.metrics:
         m = run.metrics
         rob = ", ".join(f"{k} {100 * v:.2f}%" for k, v in m["robust_acc"].items())

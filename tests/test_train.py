@@ -50,7 +50,8 @@ def test_papermill_help_documents_every_parameter():
 def test_papermill_run_writes_a_complete_run(tmp_path):
     out_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "papermill", str(TRAIN_NB), str(tmp_path / "out.ipynb"), "-p", "method", "pgd_at",
-           "-p", "epochs", "2", "-p", "steps", "3", "-p", "test_subset", "200", "-p", "out_dir", str(out_dir)]
+           "-p", "epochs", "2", "-p", "steps", "3", "-p", "test_subset", "200", "-p", "aa_subset", "20",
+           "-p", "out_dir", str(out_dir)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     files = set(os.listdir(out_dir))
     assert {"config.json", "history.jsonl", "metrics.json", "model.pt", "checkpoint.pt", "curves.png"} <= files
@@ -60,6 +61,11 @@ def test_papermill_run_writes_a_complete_run(tmp_path):
     assert m["grad_evals_per_sample"] == 1 + 3
     assert 0 <= m["robust_acc"]["pgd20"] <= m["clean_acc"] <= 1
     assert len((out_dir / "history.jsonl").read_text().splitlines()) == 2
+    ev = json.loads((out_dir / "eval.json").read_text())  # the notebook ends with the 'quick' suite, AutoAttack included
+    assert ev["suite"] == ["clean", "fgsm", "pgd20", "pgd100", "cw100", "aa_fast"]
+    assert ev["attacks"]["aa_fast"]["n"] == 20 and ev["attacks"]["pgd100"]["n"] == 200
+    assert ev["worst_case"] <= min(ev["robust_acc"].values()) <= ev["clean_acc"] == m["clean_acc"]
+    assert (out_dir / "eval.md").read_text().startswith("**Robust accuracy**")
 
 
 def test_cli_refuses_bad_input_and_writes_nothing(tmp_path):
