@@ -10,15 +10,6 @@ from robustnb.attacks import (ATTACKS, CWL2, FGSM, MIFGSM, PGD, DeepFool, RayS, 
 from robustnb.core import ThreatModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny tensors: one thread is fastest, and avoids OpenMP oversubscription when test processes run side by side."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def linear_fixture(n=24, d=16, seed=0):
     "A binary linear model through the cube's centre; correctly classified points at L2 distance 0.05–0.2."
     g = torch.Generator().manual_seed(seed)

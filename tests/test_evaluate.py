@@ -24,14 +24,6 @@ TM = ThreatModel("Linf", 0.1)
 CHEAP = CheckConfig(sweep=(1.0,), restarts=2, square_queries=300)  # less attack effort, the same thresholds
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "The models are tiny: one thread is as fast, and far faster on a loaded 2-core machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def trained(one_thread):
