@@ -342,11 +342,10 @@ def _augment(cfg: TrainConfig, info) -> Optional[str]:
     return "crop_flip" if tuple(info.shape) == (3, 32, 32) else None
 
 def _plot_curves(history: List[Dict[str, Any]], path: Path, title: str):
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and open figures stay untouched
     ep = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    a1, a2 = fig.subplots(1, 2)
     a1.plot(ep, [h["train_loss"] for h in history], "o-"); a1.set_xlabel("epoch"); a1.set_ylabel("train loss")
     ev = [h for h in history if h.get("val_clean_acc") is not None]
     a2.plot([h["epoch"] for h in ev], [100 * h["val_clean_acc"] for h in ev], "o-", label="clean (held-out)")
@@ -355,7 +354,6 @@ def _plot_curves(history: List[Dict[str, Any]], path: Path, title: str):
     a2.set_xlabel("epoch"); a2.set_ylabel("accuracy (%)"); a2.legend(fontsize=8)
     fig.suptitle(title, fontsize=10); fig.tight_layout()
     with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 # %% ../nbs/11_train.ipynb #c028
 def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config); or give fields as keywords
