@@ -66,7 +66,7 @@ def main():
                             steps=cfg["steps"], eps=cfg["eps"], norm=cfg["norm"], batch_size=args.batch_size,
                             device="cpu", threads=torch.get_num_threads(), torch=torch.__version__,
                             cpu=platform.processor() or platform.machine(), run_dir=str(run_dir)),
-               clean_acc=clean, attacks=rows, worst_case=(pgd_ok & aa_ok).float().mean().item(),
+               clean_acc=clean, attacks=rows, worst_case=(pgd_ok & aa_ok).sum().item() / args.n,
                aa_only=(pgd_ok & ~aa_ok).sum().item(), pgd_only=(~pgd_ok & aa_ok).sum().item())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -170,6 +170,11 @@ def _captured_log(name: str = "auto-attack"):
     finally:
         lg.removeHandler(h); lg.setLevel(saved[0]); lg.propagate = saved[1]
 
+def _has_autoattack() -> bool:
+    "Whether the official AutoAttack (`pyautoattack`) is installed."
+    import importlib.util
+    return importlib.util.find_spec("pyautoattack") is not None
+
 def _import_autoattack():
     try: from pyautoattack import AutoAttack
     except ImportError as e:
@@ -620,7 +625,7 @@ def masking_checks(model: nn.Module, # returns logits
                 [r.correct for r in results.values() if r.kind == "white"]
         bb = [(r.title, r.correct) for r in results.values() if r.kind == "black"]
         if not bb:
-            if xs.dim() == 4 and xs.shape[-1] == xs.shape[-2] and tuple(threat.box) == (0.0, 1.0):
+            if xs.dim() == 4 and xs.shape[-1] == xs.shape[-2] and tuple(threat.box) == (0.0, 1.0) and _has_autoattack():
                 bb = [(f"Square ({cfg.square_queries} queries)",
                        autoattack(model, xs, ys, threat, "square", seed, cfg.square_queries).correct.cpu())]
             elif threat.norm is Norm.Linf:
