@@ -393,6 +393,8 @@ def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config
         history, start, best = ckpt["history"], ckpt["epoch"], ckpt["best"]
         if ckpt.get("method") is not None: method.load_state_dict(ckpt["method"])
         _set_rng_state(ckpt["rng"])
+    if dinfo.rank > 0:  # other random starts on every shard; rank 0 keeps the seeded (and checkpointed) stream
+        torch.manual_seed(cfg.seed + 7919 * dinfo.rank + 104729 * start)
     broadcast_module(model)
     if dinfo.is_main:
         out.mkdir(parents=True, exist_ok=True)
