@@ -27,7 +27,7 @@ from .models import get_model
 from .attacks import CWL2, FGSM, MIFGSM, PGD, DeepFool, RayS, get_loss
 
 # %% auto #0
-__all__ = ['AA_VERSIONS', 'EVAL_ATTACKS', 'SUITES', 'accuracy', 'attack_accuracy', 'pgd_accuracy', 'BatchVerdict', 'EvalAttack',
+__all__ = ['AA_VERSIONS', 'EVAL_ATTACKS', 'SUITES', 'attack_accuracy', 'accuracy', 'pgd_accuracy', 'BatchVerdict', 'EvalAttack',
            'autoattack', 'get_eval_attack', 'resolve_suite', 'AttackResult', 'Check', 'worst_case', 'frozen_eval',
            'evaluate', 'CheckConfig', 'masking_checks', 'QuantizeInput', 'ScaleLogits', 'SoftmaxOutput', 'EvalResult',
            'load_run_model', 'evaluate_run', 'compare_rows', 'compare', 'clopper_pearson_lower', 'Smooth',
@@ -44,32 +44,27 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
         check_batch(xb, y[i:i + batch_size])
         yield xb, y[i:i + batch_size]
 
-@torch.no_grad()
+def attack_accuracy(model: nn.Module, # returns logits
+                    attack, # a configured attack: attack(x, y) -> x_adv; None: the clean inputs
+                    x: torch.Tensor, # uint8 images or floats in [0,1]
+                    y: torch.Tensor, # labels
+                    batch_size: int = 500, # evaluation batch size
+                   ) -> float:
+    "Accuracy of `model` on the points `attack` returns for `(x, y)` (on `x` itself when `attack` is None), in [0,1]."
+    correct = 0
+    with eval_mode(model):
+        for xb, yb in _batches(x, y, batch_size):
+            xa = xb if attack is None else attack(xb, yb)
+            with torch.no_grad(): correct += (model(xa).argmax(1) == yb).sum().item()
+    return correct / len(y)
+
 def accuracy(model: nn.Module, # returns logits for inputs in [0,1]
              x: torch.Tensor, # uint8 images or floats in [0,1]
              y: torch.Tensor, # labels
              batch_size: int = 500, # evaluation batch size
             ) -> float:
     "Clean accuracy of `model` on `(x, y)`, a fraction in [0,1]."
-    correct = 0
-    with eval_mode(model):
-        for xb, yb in _batches(x, y, batch_size):
-            correct += (model(xb).argmax(1) == yb).sum().item()
-    return correct / len(y)
-
-def attack_accuracy(model: nn.Module, # returns logits
-                    attack, # a configured attack: attack(x, y) -> x_adv
-                    x: torch.Tensor, # uint8 images or floats in [0,1]
-                    y: torch.Tensor, # labels
-                    batch_size: int = 500, # evaluation batch size
-                   ) -> float:
-    "Accuracy of `model` on the points `attack` returns for `(x, y)`, a fraction in [0,1]."
-    correct = 0
-    with eval_mode(model):
-        for xb, yb in _batches(x, y, batch_size):
-            xa = attack(xb, yb)
-            with torch.no_grad(): correct += (model(xa).argmax(1) == yb).sum().item()
-    return correct / len(y)
+    return attack_accuracy(model, None, x, y, batch_size)
 
 def pgd_accuracy(model: nn.Module, # returns logits
                  x: torch.Tensor, y: torch.Tensor, # data (uint8 images or floats in [0,1]) and labels
