@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Norm, Registry, ThreatModel, check_batch, eval_mode
+from .core import Norm, Registry, ThreatModel, batch_view, check_batch, eval_mode
 
 # %% auto #0
 __all__ = ['LOSSES', 'START_MODES', 'SCHEDULES', 'TARGET_MODES', 'ATTACKS', 'ce_loss', 'cw_loss', 'kl_loss', 'get_loss',
@@ -62,10 +62,6 @@ def most_confusing_class(logits: torch.Tensor, # (N, K) logits
 START_MODES = ("uniform", "gaussian", "none")
 SCHEDULES = ("constant", "cosine")
 
-def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    "Reshape a per-example vector to broadcast against a batch `like`."
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
-
 def _check_int(name: str, v, lo: int = 1) -> int:
     "`v` as an int ≥ `lo`, else `ValueError`."
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -103,7 +99,7 @@ def steepest_direction(g: torch.Tensor, # a batch of gradients
                       ) -> torch.Tensor:
     "The steepest-ascent direction of `norm` for gradient `g`: sign(g) for Linf, g/‖g‖₂ per example for L2."
     if norm is Norm.Linf: return g.sign()
-    return g / _bview(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
+    return g / batch_view(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
 
 # %% ../nbs/03_attacks.ipynb #c010
 def _pgd_run(model, x, y, threat, steps, alpha, lossf, ref, start, init_std, target, early_stop, momentum, generator,
@@ -128,7 +124,7 @@ def _pgd_run(model, x, y, threat, steps, alpha, lossf, ref, start, init_std, tar
             if idx.numel() == 0: break
             x0 = x[idx]
         if buf is not None:
-            g = g / _bview(g.abs().flatten(1).sum(1).clamp_min(1e-12), g)
+            g = g / batch_view(g.abs().flatten(1).sum(1).clamp_min(1e-12), g)
             b = (buf if idx is None else buf[idx]) * momentum + g
             if idx is None: buf = b
             else: buf[idx] = b
@@ -362,9 +358,9 @@ def _line_search(model, x, y, r, search_steps, box, target=None):
     hi = torch.ones_like(lo)
     for _ in range(search_steps):
         mid = (lo + hi) / 2
-        ok = _adv_pred(model, (x + _bview(mid, x) * r).clamp(*box), y, target)
+        ok = _adv_pred(model, (x + batch_view(mid, x) * r).clamp(*box), y, target)
         hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
-    return (x + _bview(hi, x) * r).clamp(*box)
+    return (x + batch_view(hi, x) * r).clamp(*box)
 
 def deepfool(model: nn.Module, # returns logits; used in the caller's mode
              x: torch.Tensor, # clean inputs
@@ -401,7 +397,7 @@ def deepfool(model: nn.Module, # returns logits; used in the caller's mode
                 pert = torch.where(k == ya, torch.full_like(pert, float("inf")), pert)
                 closer = pert < best
                 best = torch.where(closer, pert, best)
-                r = torch.where(_bview(closer, r), _bview((fk.abs() + 1e-4) / wn**2, wk) * wk, r)
+                r = torch.where(batch_view(closer, r), batch_view((fk.abs() + 1e-4) / wn**2, wk) * wk, r)
         fooled = logits.detach().argmax(1) != ya
         r_tot[active[~fooled]] += r[~fooled]
         active = active[~fooled]
@@ -445,7 +441,7 @@ def cw_l2(model: nn.Module, # returns logits; used in the caller's mode
     "Carlini–Wagner L2: Adam in tanh space on ‖δ‖² + c·margin, binary search over c (arXiv 1608.04644)."
     lo, hi = box
     x, y = x.detach(), y.detach()
-    n, view = x.shape[0], lambda v: _bview(v, x)
+    n, view = x.shape[0], lambda v: batch_view(v, x)
     w0 = torch.atanh(((x - lo) / (hi - lo) * 2 - 1) * (1 - 1e-6))
     c = torch.full((n,), float(const), device=x.device, dtype=x.dtype)
     c_lo, c_hi = torch.zeros_like(c), torch.full_like(c, 1e10)
@@ -620,7 +616,7 @@ class RayS(Attack):
         res = rays(self.model, x, y, None if self.threat is None else self.threat.eps, self.query_budget,
                    self.early_stop, self.tol, self.box, _check_target(target, x) if self.targeted else None)
         if self.threat is None: return res.x_adv
-        return torch.where(_bview(res.dist <= self.threat.eps, x), res.x_adv, x)
+        return torch.where(batch_view(res.dist <= self.threat.eps, x), res.x_adv, x)
 
 def adbd(model: nn.Module, # returns logits
          x: torch.Tensor, # clean inputs

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Method, MethodOutput, ThreatModel, eval_mode
+from .core import Method, MethodOutput, ThreatModel, batch_view, eval_mode
 from .attacks import get_loss, pgd, steepest_direction
 from .trades import PGDAT, TRADES, repeat_batch, trades_output
 
@@ -230,7 +230,7 @@ def hessian_top_eigenvalue(model: nn.Module, # returns logits; evaluated in eval
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1: raise ValueError(f"iters must be an integer >= 1, got {iters!r}")
     x, y = x.detach().float(), y.detach()
     lossf = get_loss(loss)
-    flat_norm = lambda v: v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (v.dim() - 1)))
+    flat_norm = lambda v: batch_view(v.flatten(1).norm(dim=1).clamp_min(1e-30), v)
     with eval_mode(model):
         ref = None
         if loss == "kl":

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'Norm', 'ThreatModel', 'check_batch', 'set_mode', 'eval_mode',
-           'train_mode', 'MethodOutput', 'Method', 'Standard', 'PassCounter', 'count_passes', 'Registry', 'atomic_path',
-           'atomic_write_text', 'atomic_torch_save']
+__all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'Norm', 'batch_view', 'ThreatModel', 'check_batch', 'set_mode',
+           'eval_mode', 'train_mode', 'MethodOutput', 'Method', 'Standard', 'PassCounter', 'count_passes', 'Registry',
+           'atomic_path', 'atomic_write_text', 'atomic_torch_save']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed: int, # the seed for `random`, NumPy and torch
@@ -109,7 +109,9 @@ def _flat_norm(d: torch.Tensor, norm: Norm) -> torch.Tensor:
     flat = d.reshape(d.shape[0], -1)
     return flat.abs().amax(1) if norm is Norm.Linf else flat.norm(p=2, dim=1)
 
-def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def batch_view(v: torch.Tensor, # one number per example, shape (N,)
+               like: torch.Tensor, # a batch (N, ...)
+              ) -> torch.Tensor:
     "Reshape a per-example vector to broadcast against a batch `like`."
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
@@ -141,7 +143,7 @@ class ThreatModel:
         if self.norm is Norm.Linf: d = d.clamp(-self.eps, self.eps)
         else:
             n = _flat_norm(d, Norm.L2)
-            d = d * _bview(torch.clamp(self.eps / (n + 1e-12), max=1.0), d)
+            d = d * batch_view(torch.clamp(self.eps / (n + 1e-12), max=1.0), d)
         return (x + d).clamp(*self.box)
 
     def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -153,7 +155,7 @@ class ThreatModel:
             d = torch.randn(x.shape, device=x.device, dtype=x.dtype, **g)
             dim = d[0].numel()
             r = torch.rand(x.shape[0], device=x.device, dtype=x.dtype, **g) ** (1.0 / dim) * self.eps
-            d = d * _bview(r / (_flat_norm(d, Norm.L2) + 1e-12), d)
+            d = d * batch_view(r / (_flat_norm(d, Norm.L2) + 1e-12), d)
         return (x + d).clamp(*self.box)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-6) -> bool:

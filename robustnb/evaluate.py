@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core import Norm, Registry, ThreatModel, Timer, atomic_path, atomic_write_text, check_batch, eval_mode, get_device
+from .core import Norm, Registry, ThreatModel, Timer, atomic_path, atomic_write_text, batch_view, check_batch, eval_mode, get_device
 from .data import get_data, to_float
 from .models import get_model
 from .attacks import CWL2, FGSM, MIFGSM, PGD, DeepFool, RayS, get_loss
@@ -111,9 +111,6 @@ def _feasible(threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor, who: st
         raise RuntimeError(f"{who} returned a point outside the threat set ({threat.norm.value} distance {worst:.6g} "
                            f"> ε = {threat.eps:.6g}, or outside the box {threat.box})")
 
-def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
-
 # %% ../nbs/10_evaluate.ipynb #c011
 def _run_clean(model, x, y, threat, seed) -> BatchVerdict:
     return BatchVerdict(_correct(model, x, y))
@@ -141,7 +138,7 @@ def _run_rays(model, x, y, threat, seed, query_budget: int = 10000, tol: float =
     "RayS without early stopping: the boundary distance (for ADBD) and the robust verdict at ε from one run."
     res = RayS(model, threat, query_budget=query_budget, tol=tol, early_stop=False, seed=seed).run(x, y)
     found = res.dist <= threat.eps
-    xa = torch.where(_bview(found, x), res.x_adv, x)
+    xa = torch.where(batch_view(found, x), res.x_adv, x)
     _feasible(threat, xa, x, "rays")
     return BatchVerdict(_correct(model, xa, y), dist=res.dist)
 
