@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .core import Registry, get_device
+from .core import Registry, atomic_path, get_device
 
 # %% auto #0
 __all__ = ['ENV_VAR', 'DATASETS', 'DEFAULT_DATASET', 'LINEAR2D_W', 'LINEAR2D_C', 'AUGMENTATIONS', 'DataInfo', 'Dataset',
@@ -114,19 +114,14 @@ def download_url(url: str, # http(s):// or file:// address
                 ) -> Path:
     "Fetch `url` to `dest` atomically (temporary file + rename), checking its md5 on the way."
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    with atomic_path(dest) as tmp:  # renamed to dest only if the whole block succeeds
         h = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+        with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False, disable=None) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk); h.update(chunk); bar.update(len(chunk))
         if md5 is not None and h.hexdigest() != md5: raise ChecksumError(url, md5, h.hexdigest())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
     return dest
 
 # %% ../nbs/01_data.ipynb #c014
