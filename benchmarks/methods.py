@@ -12,22 +12,20 @@ JSON to benchmarks/results/methods.json.
 """
 import argparse
 import json
-import os
 import platform
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from robustnb.core import Method, MethodOutput, Timer, eval_mode, get_device, set_seed
+from robustnb.core import Method, MethodOutput, Timer, get_device, set_mode, set_seed
 from robustnb.data import Batches, get_data
 from robustnb.models import get_model
+from robustnb.trades import trades_reference_loss
 from robustnb.train import METHODS, build_method, make_config, train_step
 
 
 class TRADESReference(Method):
-    "TRADES as the official trades.py computes it: f(x) recomputed in every attack step and twice in the outer loss."
+    "TRADES as the official trades.py computes it (robustnb.trades.trades_reference_loss), as a Method for timing."
     name = "trades_reference"
 
     def __init__(self, eps, alpha, steps, beta):
@@ -35,19 +33,9 @@ class TRADESReference(Method):
         self.grad_evals = steps + 2  # the same gradient passes; it spends steps + 1 extra clean forwards
 
     def loss(self, model, x, y):
-        kl = nn.KLDivLoss(reduction="sum")
-        with eval_mode(model):
-            x_adv = x.detach() + 0.001 * torch.randn_like(x)
-            for _ in range(self.steps):
-                x_adv.requires_grad_()
-                with torch.enable_grad():
-                    loss_kl = kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
-                grad, = torch.autograd.grad(loss_kl, [x_adv])
-                x_adv = x_adv.detach() + self.alpha * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
-        logits = model(x)
-        loss_robust = kl(F.log_softmax(model(x_adv.detach()), dim=1), F.softmax(model(x), dim=1)) / len(x)
-        return MethodOutput(F.cross_entropy(logits, y) + self.beta * loss_robust, logits=logits)
+        with set_mode(model, model.training):  # the official code switches modes itself; restore ours afterwards
+            loss, _ = trades_reference_loss(model, x, y, self.eps, self.alpha, self.steps, self.beta)
+        return MethodOutput(loss)
 
 
 def time_epoch(method, model, opt, batches, device, amp="off", channels_last=False):

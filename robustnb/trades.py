@@ -15,7 +15,8 @@ from .core import Method, MethodOutput, ThreatModel, eval_mode, set_mode
 from .attacks import pgd
 
 # %% auto #0
-__all__ = ['METHOD_FACTORIES', 'RECIPES', 'PGDAT', 'trades_kl', 'trades_loss', 'repeat_batch', 'trades_output', 'TRADES']
+__all__ = ['METHOD_FACTORIES', 'RECIPES', 'PGDAT', 'trades_kl', 'trades_loss', 'repeat_batch', 'trades_output', 'TRADES',
+           'trades_reference_loss']
 
 # %% ../nbs/04_trades.ipynb #c005
 class PGDAT(Method):
@@ -117,3 +118,30 @@ RECIPES = {
                                   alpha=2 / 255, steps=10, lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=200,
                                   batch_size=128, schedule="piecewise", milestones=(0.5, 0.75), augment="crop_flip"),
 }
+
+# %% ../nbs/04_trades.ipynb #c015
+def trades_reference_loss(model: nn.Module, # the model (left in train mode, as the official code does)
+                          x: torch.Tensor, # clean inputs in [0,1]
+                          y: torch.Tensor, # labels
+                          eps: float, # Linf radius
+                          alpha: float, # step size
+                          steps: int, # KL ascent steps
+                          beta: float, # weight of the robust term
+                         ) -> tuple:
+    "The official TRADES loss (Zhang et al.'s trades.py, arXiv 1901.08573) as written: f(x) recomputed every step; (loss, x_adv)."
+    kl = nn.KLDivLoss(reduction="sum")
+    model.eval()
+    x_adv = x.detach() + 0.001 * torch.randn_like(x).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + alpha * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    model.train()
+    x_adv = x_adv.detach()
+    logits = model(x)
+    loss_natural = F.cross_entropy(logits, y)
+    loss_robust = (1.0 / len(x)) * kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+    return loss_natural + beta * loss_robust, x_adv
