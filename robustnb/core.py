@@ -11,16 +11,16 @@ import random
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'Norm', 'batch_view', 'ThreatModel', 'check_batch', 'set_mode',
-           'eval_mode', 'train_mode', 'MethodOutput', 'Method', 'Standard', 'PassCounter', 'count_passes', 'Registry',
-           'atomic_path', 'atomic_write_text', 'atomic_torch_save']
+__all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'Norm', 'batch_view', 'ThreatModel', 'check_batch', 'check_int',
+           'check_float', 'check_choice', 'set_mode', 'eval_mode', 'train_mode', 'MethodOutput', 'Method', 'Standard',
+           'PassCounter', 'count_passes', 'Registry', 'atomic_path', 'atomic_write_text', 'atomic_torch_save']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed: int, # the seed for `random`, NumPy and torch
@@ -183,6 +183,58 @@ def check_batch(x: torch.Tensor, # images, expected in `box`
         if not torch.is_tensor(y) or y.dim() != 1: raise ValueError("y must be a 1-D tensor of class indices")
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x and y must have the same length, got {x.shape[0]} images and {y.shape[0]} labels")
+
+# %% ../nbs/00_core.ipynb #cd13
+def _bounds_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    "A human range: '>= 1', '> 0', 'in [0, 1)', ..."
+    if lo is not None and hi is not None: return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None: return f"{'>' if lo_open else '>='} {lo}"
+    if hi is not None: return f"{'<' if hi_open else '<='} {hi}"
+    return ""
+
+def check_int(name: str, # the argument's name, for the message
+              v: Any, # the value given
+              lo: Optional[int] = None, # smallest allowed value (None: no bound)
+              hi: Optional[int] = None, # largest allowed value (None: no bound)
+              allow_none: bool = False, # whether None is allowed (and returned as None)
+             ) -> Optional[int]:
+    "`v` as an `int` in [lo, hi]; `ValueError` naming `name`, the allowed range and `v` otherwise (bools are refused)."
+    if v is None and allow_none: return None
+    rng = _bounds_text(lo, hi, False, False)
+    what = f"an integer{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)): raise ValueError(f"{name} must be {what}, got {v!r}")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi): raise ValueError(f"{name} must be {what}, got {v!r}")
+    return v
+
+def check_float(name: str, # the argument's name, for the message
+                v: Any, # the value given
+                lo: Optional[float] = None, # lower bound (None: none)
+                hi: Optional[float] = None, # upper bound (None: none)
+                lo_open: bool = False, # True: v > lo; False: v >= lo
+                hi_open: bool = False, # True: v < hi; False: v <= hi
+                allow_none: bool = False, # whether None is allowed (and returned as None)
+               ) -> Optional[float]:
+    "`v` as a finite `float` within the bounds; `ValueError` naming `name`, the allowed range and `v` otherwise."
+    if v is None and allow_none: return None
+    rng = _bounds_text(lo, hi, lo_open, hi_open)
+    what = f"a finite number{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
+    if isinstance(v, (bool, np.bool_, str)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    f = float(v)
+    bad = (not np.isfinite(f) or (lo is not None and (f <= lo if lo_open else f < lo))
+           or (hi is not None and (f >= hi if hi_open else f > hi)))
+    if bad: raise ValueError(f"{name} must be {what}, got {v!r}")
+    return f
+
+def check_choice(name: str, # the argument's name, for the message
+                 v: Any, # the value given
+                 choices: Sequence[Any], # the allowed values
+                ) -> Any:
+    "`v` if it is one of `choices`; `ValueError` listing them otherwise."
+    if not any(v is c or (type(v) is type(c) and v == c) for c in choices):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+    return v
 
 # %% ../nbs/00_core.ipynb #c024
 @contextlib.contextmanager
