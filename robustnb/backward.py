@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Method, MethodOutput, ThreatModel, batch_view, eval_mode
+from .core import Adversarial, Method, MethodOutput, ThreatModel, batch_view, eval_mode
 from .attacks import get_loss, pgd, steepest_direction
 from .trades import PGDAT, TRADES, repeat_batch, trades_output
 
@@ -89,13 +89,15 @@ class BackwardSmoothing(Method):
         self.alpha = threat.eps if alpha is None else float(alpha)
         self.grad_evals = points * (1 + steps + 1) + 1
 
-    def loss(self, model, x, y):
+    def inner(self, model, x, y):
         xm = repeat_batch(x, self.points)
         with eval_mode(model):
             x_adv, clean = backward_smoothing_init(model, xm, self.threat, self.alpha, self.gamma)
             ref = F.softmax(clean, 1)
             for _ in range(self.steps): x_adv, _ = target_step(model, x_adv, xm, self.threat, self.alpha, ref)
-        return trades_output(model, x, y, x_adv, self.beta)
+        return Adversarial(x_adv)
+
+    def outer(self, model, x, y, adv): return trades_output(model, x, y, adv.x_adv, self.beta)
 
 class BackwardSmoothingAT(Method):
     "Backward Smoothing for AT: the BS start x + ξ*, one cross-entropy ascent step, CE training (arXiv 2010.01278)."
@@ -111,14 +113,18 @@ class BackwardSmoothingAT(Method):
         self.alpha = threat.eps if alpha is None else float(alpha)
         self.grad_evals = points * (1 + steps + 1)
 
-    def loss(self, model, x, y):
+    def inner(self, model, x, y):
         xm, ym = repeat_batch(x, self.points), repeat_batch(y, self.points)
         with eval_mode(model):
             x_adv, clean = backward_smoothing_init(model, xm, self.threat, self.alpha, self.gamma)
             onehot = F.one_hot(ym, clean.shape[1]).float()
             for _ in range(self.steps): x_adv, _ = target_step(model, x_adv, xm, self.threat, self.alpha, onehot)
-        logits_adv = model(x_adv)
-        return MethodOutput(F.cross_entropy(logits_adv, ym), logits=logits_adv[:len(x)], x_adv=x_adv)
+        return Adversarial(x_adv)
+
+    def outer(self, model, x, y, adv):
+        ym = repeat_batch(y, len(adv.x_adv) // len(x))
+        logits_adv = model(adv.x_adv)
+        return MethodOutput(F.cross_entropy(logits_adv, ym), logits=logits_adv[:len(x)], x_adv=adv.x_adv)
 
 # %% ../nbs/06_backward.ipynb #c013
 def default_alpha(threat: ThreatModel, # the threat model
@@ -176,7 +182,8 @@ class FastATPlus(Method):
     @property
     def grad_evals(self) -> int: return self.active.grad_evals
 
-    def loss(self, model, x, y): return self.active.loss(model, x, y)
+    def inner(self, model, x, y): return self.active.inner(model, x, y)
+    def outer(self, model, x, y, adv): return self.active.outer(model, x, y, adv)
 
     def check_accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         "PGD-`check_steps` accuracy of `model` on `(x, y)` (eval mode, uniform start from the global RNG)."

@@ -19,8 +19,9 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'Norm', 'batch_view', 'ThreatModel', 'check_batch', 'check_int',
-           'check_float', 'check_choice', 'set_mode', 'eval_mode', 'train_mode', 'MethodOutput', 'Method', 'Standard',
-           'PassCounter', 'count_passes', 'Registry', 'atomic_path', 'atomic_write_text', 'atomic_torch_save']
+           'check_float', 'check_choice', 'set_mode', 'eval_mode', 'train_mode', 'MethodOutput', 'Adversarial',
+           'Method', 'Standard', 'PassCounter', 'count_passes', 'Registry', 'atomic_path', 'atomic_write_text',
+           'atomic_torch_save']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed: int, # the seed for `random`, NumPy and torch
@@ -259,13 +260,51 @@ class MethodOutput:
     x_adv: Optional[torch.Tensor] = None # the adversarial inputs trained on, when there are any
     stats: Dict[str, float] = field(default_factory=dict) # extra per-batch numbers to log
 
+@dataclass
+class Adversarial:
+    "What a method's inner maximization found for one batch: the points to train on and the constants that go with them."
+    x_adv: torch.Tensor # adversarial inputs: m·N rows for m points per example (point j of example i at row j·N + i)
+    aux: Dict[str, Any] = field(default_factory=dict) # detached constants of the outer loss (soft labels, clean logits, ...)
+
 class Method:
     "Base class of training methods: `method(model, x, y)` returns a `MethodOutput`."
     name: str = "method"
     grad_evals: int = 1 # forward+backward passes per sample, including the parameter gradient
 
+    def inner(self, model: nn.Module, # the model, in the caller's (training) mode
+              x: torch.Tensor, # clean inputs in [0,1]
+              y: torch.Tensor, # labels
+             ) -> Adversarial: # the points the outer loss is taken at
+        "The inner maximization (the attack of adversarial training); the default trains on the clean inputs."
+        return Adversarial(x)
+
+    def outer(self, model: nn.Module, # the model, at the weights the gradient is taken at (AWP: perturbed)
+              x: torch.Tensor, # clean inputs
+              y: torch.Tensor, # labels
+              adv: Adversarial, # what `inner` returned for this batch
+             ) -> MethodOutput: # the scalar loss with a graph to the parameters
+        "The outer (training) loss given the inner maximization's result."
+        raise NotImplementedError(f"{type(self).__name__} must implement outer(model, x, y, adv) or loss(model, x, y)")
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MethodOutput:
-        raise NotImplementedError(f"{type(self).__name__} must implement loss(model, x, y)")
+        "The training loss of one batch, inner maximization included: `outer(inner(...))` unless a method fuses them."
+        return self.outer(model, x, y, self.inner(model, x, y))
+
+    def on_epoch_start(self, model: nn.Module, # the model being trained
+                       x_check: torch.Tensor, # a fixed batch of training inputs in [0,1]
+                       y_check: torch.Tensor, # its labels
+                       epoch: int, # the epoch about to start (0-based)
+                      ) -> Optional[Dict[str, Any]]: # numbers to log in this epoch's history record
+        "Hook called before every epoch; the default does nothing."
+        return None
+
+    def state_dict(self) -> Dict[str, Any]:
+        "The method's own state for a checkpoint (plain values and tensors); the default has none."
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]):
+        "Restore what `state_dict` returned."
+        if state: raise ValueError(f"{type(self).__name__} keeps no state, got a state with {', '.join(sorted(state))}")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MethodOutput:
         out = self.loss(model, x, y)
@@ -279,8 +318,8 @@ class Method:
 class Standard(Method):
     "Plain empirical risk minimization: cross-entropy on clean inputs (1 grad eval per sample)."
     name, grad_evals = "standard", 1
-    def loss(self, model, x, y):
-        logits = model(x)
+    def outer(self, model, x, y, adv):
+        logits = model(adv.x_adv)
         return MethodOutput(nn.functional.cross_entropy(logits, y), logits=logits)
 
 # %% ../nbs/00_core.ipynb #c030

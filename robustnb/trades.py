@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Method, MethodOutput, ThreatModel, eval_mode, set_mode
+from .core import Adversarial, Method, MethodOutput, ThreatModel, eval_mode, set_mode
 from .attacks import pgd
 
 # %% auto #0
@@ -34,12 +34,14 @@ class PGDAT(Method):
         self.attack_mode = attack_mode
         self.grad_evals = steps + 1
 
-    def loss(self, model, x, y):
+    def inner(self, model, x, y):
         with set_mode(model, self.attack_mode == "train"):
-            x_adv = pgd(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, loss="ce",
-                        random_start=self.random_start)
-        logits_adv = model(x_adv)
-        return MethodOutput(F.cross_entropy(logits_adv, y), logits=logits_adv, x_adv=x_adv)
+            return Adversarial(pgd(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, loss="ce",
+                                   random_start=self.random_start))
+
+    def outer(self, model, x, y, adv):
+        logits_adv = model(adv.x_adv)
+        return MethodOutput(F.cross_entropy(logits_adv, y), logits=logits_adv, x_adv=adv.x_adv)
 
 # %% ../nbs/04_trades.ipynb #c007
 def trades_kl(logits_adv: torch.Tensor, # f(x') (with a graph)
@@ -91,12 +93,13 @@ class TRADES(Method):
         self.random_start = random_start
         self.grad_evals = steps + 2
 
-    def loss(self, model, x, y):
+    def inner(self, model, x, y):
         with eval_mode(model):
             with torch.no_grad(): clean = model(x)
-            x_adv = pgd(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, loss="kl",
-                        random_start=self.random_start, init_std=self.init_std, clean_logits=clean)
-        return trades_output(model, x, y, x_adv, self.beta)
+            return Adversarial(pgd(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, loss="kl",
+                                   random_start=self.random_start, init_std=self.init_std, clean_logits=clean))
+
+    def outer(self, model, x, y, adv): return trades_output(model, x, y, adv.x_adv, self.beta)
 
 # %% ../nbs/04_trades.ipynb #c009
 METHOD_FACTORIES = {
