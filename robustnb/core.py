@@ -20,8 +20,8 @@ from torch import nn
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'Norm', 'batch_view', 'ThreatModel', 'check_batch', 'check_int',
            'check_float', 'check_choice', 'set_mode', 'eval_mode', 'train_mode', 'MethodOutput', 'Adversarial',
-           'Method', 'Standard', 'PassCounter', 'count_passes', 'Registry', 'atomic_path', 'atomic_write_text',
-           'atomic_torch_save']
+           'Method', 'backward_output', 'Standard', 'PassCounter', 'count_passes', 'Registry', 'atomic_path',
+           'atomic_write_text', 'atomic_torch_save']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed: int, # the seed for `random`, NumPy and torch
@@ -259,6 +259,7 @@ class MethodOutput:
     logits: Optional[torch.Tensor] = None # clean logits, when the method computed them
     x_adv: Optional[torch.Tensor] = None # the adversarial inputs trained on, when there are any
     stats: Dict[str, float] = field(default_factory=dict) # extra per-batch numbers to log
+    parts: Optional[Sequence[Callable[[], torch.Tensor]]] = None # a loss summed over detached inputs, as terms to back-propagate one at a time (then `loss` is their detached sum)
 
 @dataclass
 class Adversarial:
@@ -310,10 +311,24 @@ class Method:
         out = self.loss(model, x, y)
         if not isinstance(out, MethodOutput):
             raise TypeError(f"{type(self).__name__}.loss must return a MethodOutput, got {type(out).__name__}")
+        if out.parts is not None and out.loss.requires_grad:
+            raise ValueError(f"{type(self).__name__}: with parts, loss must be their detached sum (no graph)")
         if out.loss.dim() != 0: raise ValueError(f"{type(self).__name__}: loss must be a scalar, got shape {tuple(out.loss.shape)}")
         return out
 
     def __repr__(self): return f"{type(self).__name__}(grad_evals={self.grad_evals})"
+
+def backward_output(out: MethodOutput, # what a method returned
+                    scale: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, # e.g. an AMP GradScaler's `scale`
+                   ) -> torch.Tensor: # the detached total loss
+    "Back-propagate a method's loss: its `parts` one at a time when it has them (peak memory of one part), else `loss`."
+    terms = out.parts if out.parts is not None else [lambda: out.loss]
+    total = None
+    for term in terms:
+        l = term()
+        (scale(l) if scale is not None else l).backward()
+        total = l.detach() if total is None else total + l.detach()
+    return total
 
 class Standard(Method):
     "Plain empirical risk minimization: cross-entropy on clean inputs (1 grad eval per sample)."
