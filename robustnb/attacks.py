@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Norm, Registry, ThreatModel, batch_view, check_batch, eval_mode
+from .core import ExampleRNG, Norm, Registry, ThreatModel, batch_view, check_batch, eval_mode
 
 # %% auto #0
-__all__ = ['LOSSES', 'START_MODES', 'SCHEDULES', 'TARGET_MODES', 'ATTACKS', 'ce_loss', 'cw_loss', 'kl_loss', 'get_loss',
-           'most_confusing_class', 'steepest_direction', 'pgd', 'linear_binary', 'Attack', 'random_wrong_class', 'PGD',
-           'FGSM', 'MIFGSM', 'deepfool', 'DeepFool', 'cw_l2', 'CWL2', 'RaySResult', 'rays', 'RayS', 'adbd',
-           'get_attack']
+__all__ = ['LOSSES', 'START_MODES', 'SCHEDULES', 'Generator', 'TARGET_MODES', 'ATTACKS', 'ce_loss', 'cw_loss', 'kl_loss',
+           'get_loss', 'most_confusing_class', 'check_inputs', 'steepest_direction', 'pgd', 'linear_binary', 'Attack',
+           'random_wrong_class', 'PGD', 'FGSM', 'MIFGSM', 'deepfool', 'DeepFool', 'cw_l2', 'CWL2', 'RaySResult', 'rays',
+           'RayS', 'adbd', 'get_attack']
 
 # %% ../nbs/03_attacks.ipynb #c005
 def ce_loss(logits: torch.Tensor, y: torch.Tensor, ref: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -61,6 +61,7 @@ def most_confusing_class(logits: torch.Tensor, # (N, K) logits
 # %% ../nbs/03_attacks.ipynb #c009
 START_MODES = ("uniform", "gaussian", "none")
 SCHEDULES = ("constant", "cosine")
+Generator = Union[torch.Generator, ExampleRNG, None] # where an attack's random numbers come from (None: the global stream)
 
 def _check_int(name: str, v, lo: int = 1) -> int:
     "`v` as an int ≥ `lo`, else `ValueError`."
@@ -81,7 +82,8 @@ def _start(x: torch.Tensor, threat: ThreatModel, mode: str, init_std: float,
     "The starting point of a PGD run."
     if mode == "uniform": return threat.random_start(x, generator=generator)
     if mode == "gaussian":
-        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        noise = (generator.normal(x) if isinstance(generator, ExampleRNG)
+                 else torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator))
         return threat.project(x + init_std * noise, x)
     return x.clone()
 
@@ -93,6 +95,20 @@ def _success(logits: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tenso
     "Whether each example is fooled: misclassified, or classified as `target`."
     pred = logits.argmax(1)
     return pred == target if target is not None else pred != y
+
+def check_inputs(model: nn.Module, # returns logits
+                 x: torch.Tensor, # a batch of inputs
+                 y: torch.Tensor, # its labels
+                 box: Tuple[float, float] = (0.0, 1.0), # the valid input range
+                ) -> int: # the model's number of classes
+    "Refuse what an attack cannot be honest about: NaN, values outside `box`, labels that are not classes of `model`."
+    check_batch(x, y, box)
+    if y.is_floating_point() or y.dtype == torch.bool: raise ValueError(f"y must hold integer classes, got {y.dtype}")
+    with eval_mode(model), torch.no_grad(): k = model(x[:1].detach().float()).shape[1]  # eval: no BN update
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"labels must be classes of the model, in [0, {k}) for its {k} outputs; got labels in [{lo}, {hi}]")
+    return k
 
 def steepest_direction(g: torch.Tensor, # a batch of gradients
                        norm: Norm, # the norm whose unit ball the step lives in
@@ -148,11 +164,13 @@ def pgd(model: nn.Module, # returns logits; used in whatever mode the caller lef
         early_stop: bool = False, # freeze each example once it is fooled
         momentum: float = 0.0, # μ of MI-FGSM (0: plain PGD)
         clean_logits: Optional[torch.Tensor] = None, # the clean logits, when the caller has them (for 'kl')
-        generator: Optional[torch.Generator] = None, # random stream of the starts
+        generator: Generator = None, # random stream of the starts: a torch.Generator, a per-example ExampleRNG (restart r uses its stream r), or None (the global stream)
         schedule: str = "constant", # step size: 'constant', or 'cosine' (α·½(1+cos πt/T), decaying to ≈ 0)
+        validate: bool = True, # refuse NaN, inputs outside the box and labels outside the model's classes (methods pass False: their batches come from the trainer, and the check costs a host synchronization)
        ) -> torch.Tensor:
     "Projected gradient ascent of `loss` inside the threat model (Madry et al., arXiv 1706.06083); returns x_adv."
     steps, restarts = _check_int("steps", steps), _check_int("restarts", restarts)
+    if validate: check_inputs(model, x, y, threat.box)
     if random_start not in START_MODES:
         raise ValueError(f"unknown random_start {random_start!r}: allowed are {', '.join(START_MODES)}")
     if schedule not in SCHEDULES: raise ValueError(f"unknown schedule {schedule!r}: allowed are {', '.join(SCHEDULES)}")
@@ -165,15 +183,18 @@ def pgd(model: nn.Module, # returns logits; used in whatever mode the caller lef
     ref = None
     if getattr(lossf, "needs_ref", False):
         with torch.no_grad(): ref = F.log_softmax(model(x) if clean_logits is None else clean_logits.detach(), 1)
-    run = lambda xs, ys, rs, ts: _pgd_run(model, xs, ys, threat, steps, alpha, lossf, rs, random_start, init_std,
-                                          ts, early_stop, momentum, generator, schedule)
-    if restarts == 1: return run(x, y, ref, target)
+    per_example = isinstance(generator, ExampleRNG)
+    run = lambda xs, ys, rs, ts, gen: _pgd_run(model, xs, ys, threat, steps, alpha, lossf, rs, random_start, init_std,
+                                               ts, early_stop, momentum, gen, schedule)
+    if restarts == 1: return run(x, y, ref, target, generator)
     best = best_succ = best_obj = None
-    for _ in range(restarts):
+    for r in range(restarts):
         idx = None if not early_stop or best is None else (~best_succ).nonzero().flatten()
         if idx is not None and idx.numel() == 0: break
         sub = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])
-        xa = run(sub(x), sub(y), sub(ref), sub(target))
+        gen = generator
+        if per_example: gen = generator.at(generator.stream + r) if idx is None else generator.at(generator.stream + r).rows(idx)
+        xa = run(sub(x), sub(y), sub(ref), sub(target), gen)
         with torch.no_grad():
             logits = model(xa)
             succ = _success(logits, sub(y), sub(target))
@@ -234,19 +255,28 @@ class Attack:
     @property
     def box(self) -> Tuple[float, float]: return self.threat.box if self.threat is not None else (0.0, 1.0)
 
-    def perturb(self, x, y, target, generator) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, # validated fp32 inputs in the box
+                y: torch.Tensor, # int64 labels on x's device
+                target: Optional[torch.Tensor], # target classes, for attacks that take them (else None)
+                generator: ExampleRNG, # the only source of randomness: per-example streams of the attack's seed
+               ) -> torch.Tensor: # adversarial inputs (the model is already in eval mode, gradients off)
+        "The attack itself; subclasses implement it, `__call__` validates, switches modes and seeds around it."
         raise NotImplementedError(f"{type(self).__name__} must implement perturb(x, y, target, generator)")
 
-    def _prepare(self, x, y):
-        check_batch(x, y, self.box)
-        if y.is_floating_point() or y.dtype == torch.bool: raise ValueError(f"y must hold integer classes, got {y.dtype}")
-        g = torch.Generator(device=x.device)
-        g.manual_seed(self.seed)
-        return x.detach().to(torch.float32), y.detach().to(x.device).long(), g
+    def _prepare(self, x, y, index=None):
+        check_inputs(self.model, x, y, self.box)
+        if index is None: index = torch.arange(len(x), device=x.device)
+        elif not torch.is_tensor(index) or index.shape != (len(x),):
+            raise ValueError(f"index must be a tensor with one index per example ({len(x)}), got {index!r}")
+        return x.detach().to(torch.float32), y.detach().to(x.device).long(), ExampleRNG(self.seed, index)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, # inputs in the box
+                 y: torch.Tensor, # their labels
+                 target: Optional[torch.Tensor] = None, # target classes (targeted attacks)
+                 index: Optional[torch.Tensor] = None, # the examples' indices in the evaluated set (None: 0..N-1); they key the random draws
+                ) -> torch.Tensor:
         "Adversarial versions of `x` (fp32, on `x`'s device); the model's mode, parameters and grads are untouched."
-        x, y, g = self._prepare(x, y)
+        x, y, g = self._prepare(x, y, index)
         with eval_mode(self.model), torch.no_grad():
             x_adv = self.perturb(x, y, target, g)
         return x_adv.detach().to(torch.float32)
@@ -257,9 +287,15 @@ class Attack:
 # %% ../nbs/03_attacks.ipynb #c016
 TARGET_MODES = (False, True, "most_confusing", "random")
 
-def random_wrong_class(y: torch.Tensor, num_classes: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def random_wrong_class(y: torch.Tensor, # true classes (N,)
+                       num_classes: int, # number of classes
+                       generator: Generator = None, # a torch.Generator, an ExampleRNG, or None (the global stream)
+                      ) -> torch.Tensor:
     "A class drawn uniformly among the `num_classes - 1` wrong ones, per example."
-    r = torch.randint(1, num_classes, y.shape, device=y.device, generator=generator)
+    if isinstance(generator, ExampleRNG):
+        u = generator.uniform(torch.empty(len(y), dtype=torch.float64, device=y.device), lane=6)
+        r = 1 + (u * (num_classes - 1)).long().clamp(max=num_classes - 2)
+    else: r = torch.randint(1, num_classes, y.shape, device=y.device, generator=generator)
     return (y + r) % num_classes
 
 class PGD(Attack):
@@ -309,7 +345,8 @@ class PGD(Attack):
         return pgd(self.model, x, y, self.threat, steps=self.steps, alpha=self.alpha, loss=self.loss,
                    random_start=self.random_start, init_std=self.init_std, restarts=self.restarts,
                    target=self._target(x, y, target, clean, generator), early_stop=self.early_stop,
-                   momentum=self.momentum, clean_logits=clean, generator=generator, schedule=self.schedule)
+                   momentum=self.momentum, clean_logits=clean, generator=generator, schedule=self.schedule,
+                   validate=False)
 
     def __repr__(self):
         return (f"{type(self).__name__}({self.threat.norm.value}, eps={self.threat.eps:.4g}, steps={self.steps}, "
@@ -370,8 +407,10 @@ def deepfool(model: nn.Module, # returns logits; used in the caller's mode
              candidates: int = 10, # classes with the highest clean logits considered (true class included)
              search_steps: int = 10, # bisections shrinking the final perturbation (0: the paper's point)
              box: Tuple[float, float] = (0.0, 1.0), # valid input range
+             validate: bool = True, # refuse NaN, inputs outside the box and labels outside the model's classes
             ) -> torch.Tensor:
     "DeepFool-L2: step onto the nearest linearized class boundary until misclassified (arXiv 1511.04599)."
+    if validate: check_inputs(model, x, y, box)
     x, y = x.detach(), y.detach()
     with torch.no_grad(): logits0 = model(x)
     nc = min(_check_int("candidates", candidates, 2), logits0.shape[1])
@@ -423,7 +462,8 @@ class DeepFool(Attack):
 
     def perturb(self, x, y, target, generator):
         if target is not None: raise ValueError("DeepFool is untargeted")
-        return deepfool(self.model, x, y, self.steps, self.overshoot, self.candidates, self.search_steps, self.box)
+        return deepfool(self.model, x, y, self.steps, self.overshoot, self.candidates, self.search_steps, self.box,
+                        validate=False)
 
 # %% ../nbs/03_attacks.ipynb #c031
 def cw_l2(model: nn.Module, # returns logits; used in the caller's mode
@@ -437,8 +477,10 @@ def cw_l2(model: nn.Module, # returns logits; used in the caller's mode
           abort_early: bool = True, # stop a run when the loss stalls
           targeted: bool = False, # reach class y instead of leaving it
           box: Tuple[float, float] = (0.0, 1.0), # valid input range
+          validate: bool = True, # refuse NaN, inputs outside the box and labels outside the model's classes
          ) -> torch.Tensor:
     "Carlini–Wagner L2: Adam in tanh space on ‖δ‖² + c·margin, binary search over c (arXiv 1608.04644)."
+    if validate: check_inputs(model, x, y, box)
     lo, hi = box
     x, y = x.detach(), y.detach()
     n, view = x.shape[0], lambda v: batch_view(v, x)
@@ -506,7 +548,7 @@ class CWL2(Attack):
         if self.targeted: y = _check_target(target, x)
         elif target is not None: raise ValueError("pass targeted=True to give CW-L2 a target")
         return cw_l2(self.model, x, y, self.const, self.binary_steps, self.steps, self.lr, self.confidence,
-                     self.abort_early, self.targeted, self.box)
+                     self.abort_early, self.targeted, self.box, validate=False)
 
 # %% ../nbs/03_attacks.ipynb #c035
 @dataclass
@@ -538,8 +580,10 @@ def rays(model: nn.Module, # returns logits; only its argmax is used
          tol: float = 1e-4, # precision of the binary search, in Linf units
          box: Tuple[float, float] = (0.0, 1.0), # valid input range
          target: Optional[torch.Tensor] = None, # target classes (a targeted search when given)
+         validate: bool = True, # refuse NaN, inputs outside the box and labels outside the model's classes
         ) -> RaySResult:
     "RayS: hierarchical sign-flip search for the nearest Linf decision boundary, hard-label (arXiv 2006.12792)."
+    if validate: check_inputs(model, x, y, box)
     query_budget, tol = _check_int("query_budget", query_budget), _check_float("tol", tol)
     x, y = x.detach(), y.detach()
     n, dim, (lo, hi) = x.shape[0], x[0].numel(), box
@@ -603,18 +647,20 @@ class RayS(Attack):
         self.query_budget, self.tol = _check_int("query_budget", query_budget), _check_float("tol", tol)
         self.early_stop, self.targeted = bool(early_stop), bool(targeted)
 
-    def run(self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None) -> RaySResult:
+    def run(self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None,
+            index: Optional[torch.Tensor] = None) -> RaySResult:
         "The full result: best points, their distances and the queries spent."
-        x, y, _ = self._prepare(x, y)
+        x, y, _ = self._prepare(x, y, index)
         if self.targeted: target = _check_target(target, x)
         elif target is not None: raise ValueError("pass targeted=True to give RayS a target")
         with eval_mode(self.model):
             return rays(self.model, x, y, None if self.threat is None else self.threat.eps, self.query_budget,
-                        self.early_stop, self.tol, self.box, target)
+                        self.early_stop, self.tol, self.box, target, validate=False)
 
     def perturb(self, x, y, target, generator):
         res = rays(self.model, x, y, None if self.threat is None else self.threat.eps, self.query_budget,
-                   self.early_stop, self.tol, self.box, _check_target(target, x) if self.targeted else None)
+                   self.early_stop, self.tol, self.box, _check_target(target, x) if self.targeted else None,
+                   validate=False)
         if self.threat is None: return res.x_adv
         return torch.where(batch_view(res.dist <= self.threat.eps, x), res.x_adv, x)
 

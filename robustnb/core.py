@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
@@ -18,10 +19,10 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'Norm', 'batch_view', 'ThreatModel', 'check_batch', 'check_int',
-           'check_float', 'check_choice', 'set_mode', 'eval_mode', 'train_mode', 'MethodOutput', 'Adversarial',
-           'Method', 'backward_output', 'Standard', 'PassCounter', 'count_passes', 'Registry', 'atomic_path',
-           'atomic_write_text', 'atomic_torch_save']
+__all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'check_int', 'check_float', 'check_choice', 'ExampleRNG', 'Norm',
+           'batch_view', 'ThreatModel', 'check_batch', 'set_mode', 'eval_mode', 'train_mode', 'MethodOutput',
+           'Adversarial', 'Method', 'backward_output', 'Standard', 'PassCounter', 'count_passes', 'Registry',
+           'atomic_path', 'atomic_write_text', 'atomic_torch_save']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed: int, # the seed for `random`, NumPy and torch
@@ -89,6 +90,108 @@ class Timer:
         self._t0 = None
         return False
 
+# %% ../nbs/00_core.ipynb #cd13
+def _bounds_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    "A human range: '>= 1', '> 0', 'in [0, 1)', ..."
+    if lo is not None and hi is not None: return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None: return f"{'>' if lo_open else '>='} {lo}"
+    if hi is not None: return f"{'<' if hi_open else '<='} {hi}"
+    return ""
+
+def check_int(name: str, # the argument's name, for the message
+              v: Any, # the value given
+              lo: Optional[int] = None, # smallest allowed value (None: no bound)
+              hi: Optional[int] = None, # largest allowed value (None: no bound)
+              allow_none: bool = False, # whether None is allowed (and returned as None)
+             ) -> Optional[int]:
+    "`v` as an `int` in [lo, hi]; `ValueError` naming `name`, the allowed range and `v` otherwise (bools are refused)."
+    if v is None and allow_none: return None
+    rng = _bounds_text(lo, hi, False, False)
+    what = f"an integer{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)): raise ValueError(f"{name} must be {what}, got {v!r}")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi): raise ValueError(f"{name} must be {what}, got {v!r}")
+    return v
+
+def check_float(name: str, # the argument's name, for the message
+                v: Any, # the value given
+                lo: Optional[float] = None, # lower bound (None: none)
+                hi: Optional[float] = None, # upper bound (None: none)
+                lo_open: bool = False, # True: v > lo; False: v >= lo
+                hi_open: bool = False, # True: v < hi; False: v <= hi
+                allow_none: bool = False, # whether None is allowed (and returned as None)
+               ) -> Optional[float]:
+    "`v` as a finite `float` within the bounds; `ValueError` naming `name`, the allowed range and `v` otherwise."
+    if v is None and allow_none: return None
+    rng = _bounds_text(lo, hi, lo_open, hi_open)
+    what = f"a finite number{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
+    if isinstance(v, (bool, np.bool_, str)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    f = float(v)
+    bad = (not np.isfinite(f) or (lo is not None and (f <= lo if lo_open else f < lo))
+           or (hi is not None and (f >= hi if hi_open else f > hi)))
+    if bad: raise ValueError(f"{name} must be {what}, got {v!r}")
+    return f
+
+def check_choice(name: str, # the argument's name, for the message
+                 v: Any, # the value given
+                 choices: Sequence[Any], # the allowed values
+                ) -> Any:
+    "`v` if it is one of `choices`; `ValueError` listing them otherwise."
+    if not any(v is c or (type(v) is type(c) and v == c) for c in choices):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+    return v
+
+# %% ../nbs/00_core.ipynb #c352
+_M32, _MIX, _GOLD = 0xFFFFFFFF, 0x45D9F3B, 0x9E3779B9
+
+def _mix32(h):
+    "A 32-bit integer hash of `h` (an int, or an int64 tensor with values in [0, 2^32))."
+    h = (((h >> 16) ^ h) * _MIX) & _M32
+    h = (((h >> 16) ^ h) * _MIX) & _M32
+    return (h >> 16) ^ h
+
+class ExampleRNG:
+    "Random draws that depend only on (seed, example index, stream): an example gets the same noise in any batch."
+    def __init__(self, seed: int, # the attack's seed
+                 index: torch.Tensor, # (N,) the examples' indices in the evaluated set
+                 stream: int = 0): # which draw of the attack (a restart, a target choice, ...)
+        self.seed, self.stream = check_int("seed", seed, lo=0), check_int("stream", stream, lo=0)
+        if not torch.is_tensor(index) or index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
+            raise ValueError(f"index must be a 1-D integer tensor with one index per example, got {index!r}")
+        self.index = index.long()
+
+    def __len__(self): return len(self.index)
+    def rows(self, idx: torch.Tensor) -> "ExampleRNG":
+        "The same streams for a subset of the examples (e.g. those an early-stopping attack still works on)."
+        return ExampleRNG(self.seed, self.index[idx.to(self.index.device)], self.stream)
+    def at(self, stream: int) -> "ExampleRNG":
+        "The same examples, another stream."
+        return ExampleRNG(self.seed, self.index, stream)
+
+    def _bits(self, like: torch.Tensor, lane: int) -> torch.Tensor:
+        "32 random bits per element of `like` (first dimension: the examples), as int64."
+        if like.shape[0] != len(self.index):
+            raise ValueError(f"ExampleRNG holds {len(self.index)} examples, asked for a batch of {like.shape[0]}")
+        s = _mix32(_mix32(self.seed & _M32) ^ (self.seed >> 32) ^ _mix32((self.stream * 8 + lane) & _M32))
+        h = _mix32(s ^ (self.index.to(like.device)[:, None] & _M32))
+        g = _mix32(h ^ 0x5BD1E995)
+        j = torch.arange(like[0].numel(), device=like.device, dtype=torch.int64)[None]
+        return _mix32(_mix32((h + j * _GOLD) & _M32) ^ g).reshape(like.shape)
+
+    def uniform(self, like: torch.Tensor, # the shape, device and dtype of the draw
+                lane: int = 0, # a sub-stream, so two draws of one stream differ
+               ) -> torch.Tensor:
+        "Uniform draws in (0, 1) shaped like `like`."
+        return (((self._bits(like, lane) >> 8).to(torch.float64) + 0.5) / 2**24).to(like.dtype)
+
+    def normal(self, like: torch.Tensor, lane: int = 0) -> torch.Tensor:
+        "Standard normal draws shaped like `like` (Box–Muller)."
+        u1, u2 = self.uniform(like.double(), 2 * lane + 1), self.uniform(like.double(), 2 * lane + 2)
+        return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).to(like.dtype)
+
+    def __repr__(self): return f"ExampleRNG(seed={self.seed}, stream={self.stream}, {len(self.index)} examples)"
+
 # %% ../nbs/00_core.ipynb #c015
 class Norm(str, Enum):
     "The perturbation norms robustnb supports."
@@ -147,15 +250,22 @@ class ThreatModel:
             d = d * batch_view(torch.clamp(self.eps / (n + 1e-12), max=1.0), d)
         return (x + d).clamp(*self.box)
 
-    def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def random_start(self, x: torch.Tensor, # clean inputs (N, ...)
+                     generator: Union[torch.Generator, "ExampleRNG", None] = None, # None: the global torch stream
+                    ) -> torch.Tensor:
         "A point drawn uniformly from the ε-ball around `x`, then clipped to the box."
-        g = dict(generator=generator)
-        if self.norm is Norm.Linf:
-            d = (torch.rand(x.shape, device=x.device, dtype=x.dtype, **g) * 2 - 1) * self.eps
+        if isinstance(generator, ExampleRNG):
+            rand = lambda t: generator.uniform(t)
+            randn = lambda t: generator.normal(t, lane=1)
+            radius = lambda t: generator.uniform(t, lane=5)
         else:
-            d = torch.randn(x.shape, device=x.device, dtype=x.dtype, **g)
-            dim = d[0].numel()
-            r = torch.rand(x.shape[0], device=x.device, dtype=x.dtype, **g) ** (1.0 / dim) * self.eps
+            g = dict(device=x.device, dtype=x.dtype, generator=generator)
+            rand, randn = (lambda t: torch.rand(t.shape, **g)), (lambda t: torch.randn(t.shape, **g))
+            radius = rand
+        if self.norm is Norm.Linf: d = (rand(x) * 2 - 1) * self.eps
+        else:
+            d = randn(x)
+            r = radius(x.new_empty(x.shape[0])) ** (1.0 / d[0].numel()) * self.eps
             d = d * batch_view(r / (_flat_norm(d, Norm.L2) + 1e-12), d)
         return (x + d).clamp(*self.box)
 
@@ -184,58 +294,6 @@ def check_batch(x: torch.Tensor, # images, expected in `box`
         if not torch.is_tensor(y) or y.dim() != 1: raise ValueError("y must be a 1-D tensor of class indices")
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x and y must have the same length, got {x.shape[0]} images and {y.shape[0]} labels")
-
-# %% ../nbs/00_core.ipynb #cd13
-def _bounds_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
-    "A human range: '>= 1', '> 0', 'in [0, 1)', ..."
-    if lo is not None and hi is not None: return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo is not None: return f"{'>' if lo_open else '>='} {lo}"
-    if hi is not None: return f"{'<' if hi_open else '<='} {hi}"
-    return ""
-
-def check_int(name: str, # the argument's name, for the message
-              v: Any, # the value given
-              lo: Optional[int] = None, # smallest allowed value (None: no bound)
-              hi: Optional[int] = None, # largest allowed value (None: no bound)
-              allow_none: bool = False, # whether None is allowed (and returned as None)
-             ) -> Optional[int]:
-    "`v` as an `int` in [lo, hi]; `ValueError` naming `name`, the allowed range and `v` otherwise (bools are refused)."
-    if v is None and allow_none: return None
-    rng = _bounds_text(lo, hi, False, False)
-    what = f"an integer{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)): raise ValueError(f"{name} must be {what}, got {v!r}")
-    v = int(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi): raise ValueError(f"{name} must be {what}, got {v!r}")
-    return v
-
-def check_float(name: str, # the argument's name, for the message
-                v: Any, # the value given
-                lo: Optional[float] = None, # lower bound (None: none)
-                hi: Optional[float] = None, # upper bound (None: none)
-                lo_open: bool = False, # True: v > lo; False: v >= lo
-                hi_open: bool = False, # True: v < hi; False: v <= hi
-                allow_none: bool = False, # whether None is allowed (and returned as None)
-               ) -> Optional[float]:
-    "`v` as a finite `float` within the bounds; `ValueError` naming `name`, the allowed range and `v` otherwise."
-    if v is None and allow_none: return None
-    rng = _bounds_text(lo, hi, lo_open, hi_open)
-    what = f"a finite number{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
-    if isinstance(v, (bool, np.bool_, str)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be {what}, got {v!r}")
-    f = float(v)
-    bad = (not np.isfinite(f) or (lo is not None and (f <= lo if lo_open else f < lo))
-           or (hi is not None and (f >= hi if hi_open else f > hi)))
-    if bad: raise ValueError(f"{name} must be {what}, got {v!r}")
-    return f
-
-def check_choice(name: str, # the argument's name, for the message
-                 v: Any, # the value given
-                 choices: Sequence[Any], # the allowed values
-                ) -> Any:
-    "`v` if it is one of `choices`; `ValueError` listing them otherwise."
-    if not any(v is c or (type(v) is type(c) and v == c) for c in choices):
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
-    return v
 
 # %% ../nbs/00_core.ipynb #c024
 @contextlib.contextmanager

@@ -67,6 +67,17 @@ class NormalizedModel(nn.Sequential):
         super().__init__(OrderedDict(normalize=normalize, body=body))
         self.config = dict(config or {})
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "Logits of `x`; a batch whose shape the model was not built for is refused with both shapes named."
+        c = self.config
+        if "in_channels" in c:
+            want = (c["in_channels"], *c.get("input_size", ()))
+            got = tuple(x.shape[1:])
+            if len(got) != len(want) or got[0] != want[0] or (getattr(self.body, "fixed_input_size", False) and got != want):
+                raise ValueError(f"{c.get('name', 'the model')} was built for inputs of shape {want} (one example), "
+                                 f"got a batch of shape {tuple(x.shape)}")
+        return super().forward(x)
+
 def num_params(model: nn.Module, # any module
                trainable_only: bool = False, # count only parameters with `requires_grad`
               ) -> int:
@@ -112,6 +123,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu
 
 class LinearModel(nn.Module):
     "A single affine layer on the flattened input (a multinomial logistic-regression model)."
+    fixed_input_size = True # its first layer is sized for one input shape
     def __init__(self,
                  in_channels: int = 2, # channels of an image, or features of a point
                  num_classes: int = 2, # number of logits
@@ -124,6 +136,7 @@ class LinearModel(nn.Module):
 
 class MLP(nn.Module):
     "A fully-connected network on the flattened input: (Linear, activation) × len(hidden), then a Linear head."
+    fixed_input_size = True # its first layer is sized for one input shape
     def __init__(self,
                  in_channels: int = 2, # channels of an image, or features of a point
                  num_classes: int = 2, # number of logits
@@ -147,6 +160,7 @@ class MLP(nn.Module):
 # %% ../nbs/02_models.ipynb #c018
 class SmallCNN(nn.Module):
     "The Carlini-Wagner / TRADES MNIST CNN (arXiv:1608.04644, arXiv:1901.08573); 'same' padding on inputs under 16 px."
+    fixed_input_size = True # its first dense layer is sized for one input shape
     def __init__(self,
                  in_channels: int = 1, # image channels
                  num_classes: int = 10, # number of logits
@@ -178,6 +192,7 @@ class SmallCNN(nn.Module):
 # %% ../nbs/02_models.ipynb #c021
 class LeNet5(nn.Module):
     "LeNet-5 (LeCun et al. 1998, Proc. IEEE 86(11); not on arXiv) with ReLU and max-pooling."
+    fixed_input_size = True # its first dense layer is sized for one input shape
     def __init__(self,
                  in_channels: int = 1, # image channels
                  num_classes: int = 10, # number of logits

@@ -37,7 +37,7 @@ class PGDAT(Method):
     def inner(self, model, x, y):
         with set_mode(model, self.attack_mode == "train"):
             return Adversarial(pgd(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, loss="ce",
-                                   random_start=self.random_start))
+                                   random_start=self.random_start, validate=False))
 
     def outer(self, model, x, y, adv):
         logits_adv = model(adv.x_adv)
@@ -97,7 +97,7 @@ class TRADES(Method):
         with eval_mode(model):
             with torch.no_grad(): clean = model(x)
             return Adversarial(pgd(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, loss="kl",
-                                   random_start=self.random_start, init_std=self.init_std, clean_logits=clean))
+                                   random_start=self.random_start, init_std=self.init_std, clean_logits=clean, validate=False))
 
     def outer(self, model, x, y, adv): return trades_output(model, x, y, adv.x_adv, self.beta)
 
