@@ -126,23 +126,39 @@ def download_url(url: str, # http(s):// or file:// address
 
 # %% ../nbs/01_data.ipynb #c014
 def read_idx(data: bytes, # contents of an idx file, gzipped or not
+             name: str = "idx file", # what to call the file in error messages (its path)
             ) -> np.ndarray:
-    "Parse an idx file (MNIST's format) into a uint8 array, checking its header."
-    if data[:2] == b"\x1f\x8b": data = gzip.decompress(data)
+    "Parse an idx file (MNIST's format) into a uint8 array, checking its header and its length."
+    if data[:2] == b"\x1f\x8b":
+        try: data = gzip.decompress(data)
+        except (OSError, EOFError) as e: raise ValueError(f"{name}: not a complete gzip file ({e})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError("not an unsigned-byte idx file (bad magic number)")
+        raise ValueError(f"{name}: not an unsigned-byte idx file (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim: raise ValueError(f"{name}: idx file truncated inside its header")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):
-        raise ValueError(f"idx file truncated: header says {dims} = {int(np.prod(dims))} bytes, found {len(data) - offset}")
+        raise ValueError(f"{name}: idx file truncated: header says {dims} = {int(np.prod(dims))} bytes, found {len(data) - offset}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims).copy()
+
+class _ArrayUnpickler(pickle.Unpickler):
+    "An unpickler for data files: NumPy arrays and plain containers only; any other global (a function, a class) is refused."
+    _ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")} | \
+               {(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")} | \
+               {("numpy", "ndarray"), ("numpy", "dtype")}
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED: return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: a data pickle may only hold NumPy arrays "
+                                     "and plain containers (this file could run code)")
 
 def read_cifar_batch(data: bytes, # contents of one CIFAR python pickle
                      label_key: str = "labels", # 'labels' (CIFAR-10) or 'fine_labels' (CIFAR-100)
                     ) -> Tuple[np.ndarray, np.ndarray]:
-    "Parse one CIFAR python pickle into uint8 images (N, 3, 32, 32) and int64 labels."
-    d = pickle.loads(data, encoding="latin1")
+    "Parse one CIFAR python pickle into uint8 images (N, 3, 32, 32) and int64 labels, refusing pickles that hold code."
+    d = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+    if not isinstance(d, dict) or "data" not in d or label_key not in d:
+        raise ValueError(f"not a CIFAR batch: expected a dict with 'data' and {label_key!r}")
     x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
     y = np.asarray(d[label_key], dtype=np.int64)
     if len(x) != len(y): raise ValueError(f"CIFAR batch has {len(x)} images but {len(y)} labels")
@@ -164,13 +180,14 @@ class _File:
     "One file a data set needs: its path under the root in torchvision's layout and its official md5."
     rel: str # path under the root
     md5: Optional[str] # official md5 (None: none published)
-    alt: Optional[str] = None # accepted alternative (the un-gzipped idx file), checked by its header only
+    alt: Optional[str] = None # accepted alternative (the un-gzipped idx file)
+    alt_md5: Optional[str] = None # md5 of the alternative (None: it is checked by its header, size and labels only)
 
 @dataclass(frozen=True)
 class _Source:
     "How to find, read and fetch one data set."
     info: DataInfo
-    read: Callable # read(files: dict role -> bytes) -> (x_train, y_train, x_test, y_test) as numpy arrays
+    read: Callable # read(files: dict role -> bytes, names: dict role -> path) -> (x_train, y_train, x_test, y_test) as numpy arrays
     files: Dict[str, _File] = field(default_factory=dict) # role -> file
     fetch: Optional[Callable] = None # fetch(root): urllib download of the missing files
     torchvision: Optional[Tuple[str, Tuple[dict, ...]]] = None # (class name, constructor kwargs per split)
@@ -187,17 +204,24 @@ _DIGITS = [str(i) for i in range(10)]
 _IDX = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
         "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
 
-def _idx_files(folder: str, md5s: Dict[str, str]) -> Dict[str, _File]:
-    return {k: _File(f"{folder}/raw/{v}.gz", md5s[k], alt=f"{folder}/raw/{v}") for k, v in _IDX.items()}
+def _idx_files(folder: str, md5s: Dict[str, str], raw_md5s: Optional[Dict[str, str]] = None) -> Dict[str, _File]:
+    return {k: _File(f"{folder}/raw/{v}.gz", md5s[k], alt=f"{folder}/raw/{v}", alt_md5=(raw_md5s or {}).get(k))
+            for k, v in _IDX.items()}
 
-def _read_idx_set(info: DataInfo):
-    def read(files):
-        out = [read_idx(files[k]) for k in ("train_x", "train_y", "test_x", "test_y")]
-        for x, y, split in ((out[0], out[1], "train"), (out[2], out[3], "test")):
-            if x.shape[1:] != info.shape[1:] or len(x) != len(y):
-                raise ValueError(f"{info.name} {split}: images {x.shape} and labels {y.shape} do not match "
-                                 f"{len(x)} images of shape {info.shape[1:]}")
-        return out[0][:, None], out[1].astype(np.int64), out[2][:, None], out[3].astype(np.int64)
+def _read_idx_set(info: DataInfo, counts: Tuple[int, int] = (60000, 10000)):
+    "A reader of the four idx files, checking shapes, the official example counts and the label range, naming the file."
+    def read(files, names=None):
+        names = names or {}
+        out = {k: read_idx(files[k], name=str(names.get(k, k))) for k in ("train_x", "train_y", "test_x", "test_y")}
+        for split, count in zip(("train", "test"), counts):
+            x, y, nx, ny = out[f"{split}_x"], out[f"{split}_y"], names.get(f"{split}_x", split), names.get(f"{split}_y", split)
+            if x.ndim != 3 or x.shape[1:] != info.shape[1:] or len(x) != count:
+                raise ValueError(f"{nx}: expected {count} images of shape {info.shape[1:]}, found {x.shape}")
+            if y.ndim != 1 or len(y) != count:
+                raise ValueError(f"{ny}: expected {count} labels, found an array of shape {y.shape}")
+            if y.max() >= info.num_classes:
+                raise ValueError(f"{ny}: labels must be in [0, {info.num_classes}), found {int(y.max())}")
+        return out["train_x"][:, None], out["train_y"].astype(np.int64), out["test_x"][:, None], out["test_y"].astype(np.int64)
     return read
 
 def _fetch_files(mirrors: Sequence[str], files: Dict[str, _File]):
@@ -218,7 +242,10 @@ _MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann
 _MNIST_FILES = _idx_files("MNIST", {"train_x": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
                                     "train_y": "d53e105ee54ea40749a09fcbcd1e9432",
                                     "test_x": "9fb629c4189551a2d022fa330f9573f3",
-                                    "test_y": "ec29112dd5afa0611ce80d1b7f02629c"})
+                                    "test_y": "ec29112dd5afa0611ce80d1b7f02629c"},
+                          # the un-gzipped official files (md5 of the decompressed .gz above)
+                          {"train_x": "6bbc9ace898e44ae57da46a324031adb", "train_y": "a25bea736e30d166cdddb491f175f624",
+                           "test_x": "2646ac647ad5339dbf082846283269ea", "test_y": "27ae3e4e09519cfbb04c329615203637"})
 _MNIST_INFO = DataInfo("mnist", (1, 28, 28), 10, _DIGITS, (0.1307,), (0.3081,))
 DATASETS.register("mnist", obj=_Source(_MNIST_INFO, _read_idx_set(_MNIST_INFO), _MNIST_FILES,
                                        _fetch_files(_MNIST_MIRRORS, _MNIST_FILES),
@@ -255,7 +282,7 @@ def _fetch_archive(url: str, md5: str, folder: str):
     return fetch
 
 def _read_cifar_set(label_key: str, train: Sequence[str]):
-    def read(files):
+    def read(files, names=None):
         xs, ys = zip(*(read_cifar_batch(files[k], label_key) for k in train))
         xt, yt = read_cifar_batch(files["test"], label_key)
         return np.concatenate(xs), np.concatenate(ys), xt, yt
@@ -292,7 +319,7 @@ DATASETS.register("cifar100", obj=_Source(
                    _C100),
     ("CIFAR100", ({"train": True}, {"train": False}))))
 
-def _read_svhn(files):
+def _read_svhn(files, names=None):
     return (*read_svhn_mat(files["train"]), *read_svhn_mat(files["test"]))
 
 _SVHN_FILES = {"train": _File("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
@@ -310,7 +337,7 @@ def _stratified_split(y: np.ndarray, test_frac: float, seed: int) -> Tuple[np.nd
     test = np.sort(np.concatenate(test))
     return np.setdiff1d(np.arange(len(y)), test), test
 
-def _read_digits(files=None):
+def _read_digits(files=None, names=None):
     from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
     d = load_digits()
     x = np.rint(d.data.reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)
@@ -353,7 +380,7 @@ def make_moons2d(n: int, # number of points (half per class)
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
 
 def _toy(make):
-    def read(files=None):
+    def read(files=None, names=None):
         (xa, ya), (xb, yb) = make(1000, seed=0), make(1000, seed=1)
         return xa, ya, xb, yb
     return read
@@ -385,8 +412,9 @@ def _missing_message(name: str, root: Path, origin: str, missing: List[_File], w
     for f in missing:
         lines.append(f"  {root / f.rel}" + (f"  (or un-gzipped: {root / f.alt})" if f.alt else ""))
     if why: lines.append(f"Download failed: {why}")
-    lines.append(f"To fix: put the standard files there (torchvision's layout), point `root=` or ${ENV_VAR} at a "
-                 f"folder that holds them, or call get_data({name!r}, download=True) where a network is available.")
+    lines.append(f"To fix: put the standard files there (torchvision's layout), point `root=` (robustnb-train --root) or "
+                 f"${ENV_VAR} at a folder that holds them, or fetch them where a network is available: "
+                 f"get_data({name!r}, download=True), robustnb-train --download, papermill -p download True.")
     return "\n".join(lines)
 
 def _download(src: _Source, root: Path):
@@ -420,7 +448,7 @@ def get_data(name: str, # one of DATASETS.names(): mnist, fashion_mnist, cifar10
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     dev = torch.device("cpu") if device is None else get_device(device)
-    files = {}
+    files, found = {}, {}
     if src.files:
         path = data_root(root)
         found, missing = _resolve(src, path)
@@ -430,9 +458,9 @@ def get_data(name: str, # one of DATASETS.names(): mnist, fashion_mnist, cifar10
                 raise FileNotFoundError(_missing_message(src.info.name, path, _root_origin(root), missing, str(e))) from e
             found, missing = _resolve(src, path)
         if missing: raise FileNotFoundError(_missing_message(src.info.name, path, _root_origin(root), missing))
-        files = {role: _read_checked(p, src.files[role].md5 if p == path / src.files[role].rel else None)
-                 for role, p in found.items()}
-    xtr, ytr, xte, yte = (torch.as_tensor(a) for a in src.read(files))
+        files = {role: _read_checked(p, src.files[role].md5 if p == path / src.files[role].rel else src.files[role].alt_md5)
+                 for role, p in found.items()}  # md5 first: nothing is parsed (or unpickled) before it matched
+    xtr, ytr, xte, yte = (torch.as_tensor(a) for a in src.read(files, {r: str(p) for r, p in found.items()}))
     xv = yv = None
     k = _val_count(val_size, len(xtr))
     if k:

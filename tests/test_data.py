@@ -58,7 +58,8 @@ def test_mnist_from_env_var(monkeypatch):
     assert torch.bincount(get_data("mnist").y_test).tolist() == MNIST_TEST_COUNTS
 
 
-def test_mnist_ungzipped_files_accepted(tmp_path):
+def test_ungzipped_idx_files_are_checked_like_gzipped_ones(tmp_path):
+    "Un-gzipped MNIST files are md5-checked (their official sums), Fashion-MNIST's by size and labels; errors name the file."
     rng = np.random.default_rng(0)
     raw = tmp_path / "MNIST" / "raw"; raw.mkdir(parents=True)
     xs = {"train": rng.integers(0, 256, (7, 28, 28)), "t10k": rng.integers(0, 256, (3, 28, 28))}
@@ -66,12 +67,38 @@ def test_mnist_ungzipped_files_accepted(tmp_path):
     for s in xs:
         (raw / f"{s}-images-idx3-ubyte").write_bytes(idx_bytes(xs[s]))
         (raw / f"{s}-labels-idx1-ubyte").write_bytes(idx_bytes(ys[s]))
-    ds = get_data("mnist", root=tmp_path)
-    assert torch.equal(ds.x_train[:, 0], torch.from_numpy(xs["train"].astype(np.uint8)))
-    assert ds.y_test.tolist() == [9, 0, 4] and ds.y_test.dtype == torch.int64
-    # a header that disagrees with the labels is refused
-    (raw / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([1, 2])))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ChecksumError, match="train-images-idx3-ubyte"):  # toy files are not MNIST
+        get_data("mnist", root=tmp_path)
+    # Fashion-MNIST (no published sums of the raw files): the official sizes and the label range are checked
+    fm = tmp_path / "FashionMNIST" / "raw"; fm.mkdir(parents=True)
+    for s, k in (("train", 60000), ("t10k", 10000)):
+        (fm / f"{s}-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((k, 28, 28))))
+        (fm / f"{s}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(k) % 10))
+    assert get_data("fashion_mnist", root=tmp_path).x_train.shape == (60000, 1, 28, 28)
+    (fm / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([1, 2])))  # a header that disagrees with the images
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte: expected 10000 labels"):
+        get_data("fashion_mnist", root=tmp_path)
+    (fm / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(10000, 11)))  # labels outside the 10 classes
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte: labels must be in \\[0, 10\\), found 11"):
+        get_data("fashion_mnist", root=tmp_path)
+    (fm / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(10000) % 10)[:-10])  # truncated
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte: idx file truncated"):
+        get_data("fashion_mnist", root=tmp_path)
+    (fm / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(10000) % 10))
+    (fm / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((5, 28, 28))))
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte: expected 60000 images"):
+        get_data("fashion_mnist", root=tmp_path)
+
+
+def test_official_mnist_ungzipped_is_accepted_and_equal(tmp_path):
+    src = mnist_root() / "MNIST" / "raw"
+    raw = tmp_path / "MNIST" / "raw"; raw.mkdir(parents=True)
+    for name in D._IDX.values(): (raw / name).write_bytes(gzip.decompress((src / f"{name}.gz").read_bytes()))
+    a, b = get_data("mnist", root=tmp_path), get_data("mnist", root=mnist_root())
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    data = (raw / "t10k-images-idx3-ubyte").read_bytes()
+    (raw / "t10k-images-idx3-ubyte").write_bytes(data[:-784])  # one image short: refused, naming the file
+    with pytest.raises(ChecksumError, match="t10k-images-idx3-ubyte"):
         get_data("mnist", root=tmp_path)
 
 
@@ -436,3 +463,17 @@ def test_batches_on_cuda_match_cpu():
     kw = dict(batch_size=16, seed=1, augment="crop_flip", pad=2)
     for (xg, yg), (xc, yc) in zip(Batches(x, torch.arange(64), device="cuda", **kw), Batches(x, torch.arange(64), **kw)):
         assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+
+
+def test_a_cifar_pickle_that_would_run_code_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    class Evil:
+        def __reduce__(self): return (os.system, (f"touch {marker}",))
+    d = tmp_path / "cifar-10-batches-py"; d.mkdir()
+    evil = pickle.dumps({"data": Evil(), "labels": [0]})
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]: (d / name).write_bytes(evil)
+    with pytest.raises(ChecksumError):                  # get_data checks the md5 before it unpickles anything
+        get_data("cifar10", root=tmp_path)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle posix.system"):  # and the reader refuses it
+        read_cifar_batch(evil)
+    assert not marker.exists()
