@@ -22,7 +22,7 @@ from torch import nn
 __all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'check_int', 'check_float', 'check_choice', 'ExampleRNG', 'Norm',
            'batch_view', 'ThreatModel', 'check_batch', 'set_mode', 'eval_mode', 'train_mode', 'MethodOutput',
            'Adversarial', 'Method', 'backward_output', 'Standard', 'PassCounter', 'count_passes', 'Registry',
-           'atomic_path', 'atomic_write_text', 'atomic_torch_save']
+           'atomic_path', 'atomic_write_text', 'atomic_torch_save', 'safe_load', 'load_error']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed: int, # the seed for `random`, NumPy and torch
@@ -467,3 +467,16 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str):
 def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]):
     "`torch.save(obj, path)`, atomically."
     with atomic_path(path) as tmp: torch.save(obj, tmp)
+
+def safe_load(path: Union[str, os.PathLike]) -> Any:
+    "`torch.load` that accepts only tensors and plain values (`weights_only=True`): a file received from someone else cannot run code."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about pickle protocols on the way to refusing
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+def load_error(e: Exception) -> str:
+    "Why `safe_load` failed, in a few words (torch's own message advises loading the file unsafely)."
+    import pickle
+    if isinstance(e, pickle.UnpicklingError): return "it holds Python objects other than tensors and plain values"
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
