@@ -21,31 +21,40 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core import Norm, Registry, ThreatModel, Timer, atomic_path, atomic_write_text, batch_view, check_batch, eval_mode, get_device
+from .core import (ExampleRNG, Norm, Registry, ThreatModel, Timer, atomic_path, atomic_write_text, batch_view,
+                           check_batch, check_choice, check_float, check_int, eval_mode, get_device, load_error, safe_load)
 from .data import get_data, to_float
 from .models import get_model
-from .attacks import CWL2, FGSM, MIFGSM, PGD, DeepFool, RayS, get_loss
+from .attacks import CWL2, FGSM, MIFGSM, PGD, Attack, DeepFool, RayS, check_inputs, get_loss
 
 # %% auto #0
-__all__ = ['AA_VERSIONS', 'EVAL_ATTACKS', 'SUITES', 'attack_accuracy', 'accuracy', 'pgd_accuracy', 'BatchVerdict', 'EvalAttack',
-           'autoattack', 'get_eval_attack', 'resolve_suite', 'AttackResult', 'Check', 'worst_case', 'frozen_eval',
-           'evaluate', 'CheckConfig', 'masking_checks', 'QuantizeInput', 'ScaleLogits', 'SoftmaxOutput', 'EvalResult',
+__all__ = ['AA_VERSIONS', 'AA_BATCH', 'EVAL_ATTACKS', 'SUITES', 'MODEL_FORMAT', 'attack_accuracy', 'accuracy', 'pgd_accuracy',
+           'BatchVerdict', 'EvalAttack', 'autoattack', 'apgd', 'get_eval_attack', 'resolve_suite', 'AttackResult',
+           'Check', 'worst_case', 'frozen_eval', 'evaluate', 'CheckConfig', 'masking_checks', 'QuantizeInput',
+           'ScaleLogits', 'SoftmaxOutput', 'headline', 'headline_text', 'EvalResult', 'save_run_model',
            'load_run_model', 'evaluate_run', 'compare_rows', 'compare', 'clopper_pearson_lower', 'Smooth',
            'certify_dataset', 'certified_accuracy', 'plot_certified', 'input_grad_norms', 'grad_norm_stats',
            'penultimate_features', 'tsne_two_classes', 'plot_tsne']
 
 # %% ../nbs/10_evaluate.ipynb #c005
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    "Float batches of `(x, y)` on the model's device with their indices, after checking the labels against the model."
     if len(x) != len(y): raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     if len(x) == 0: raise ValueError("cannot evaluate on an empty set")
-    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, lo=1)
+    dev = _device_of(model)
     for i in range(0, len(x), batch_size):
-        xb = to_float(x[i:i + batch_size])
-        check_batch(xb, y[i:i + batch_size])
-        yield xb, y[i:i + batch_size]
+        xb, yb = to_float(x[i:i + batch_size]).to(dev), y[i:i + batch_size].to(dev)
+        if i == 0: check_inputs(model, xb, yb)  # labels must be classes of the model (not silently wrong)
+        else: check_batch(xb, yb)
+        yield xb, yb, torch.arange(i, i + len(xb), device=dev)
 
 def attack_accuracy(model: nn.Module, # returns logits
-                    attack, # a configured attack: attack(x, y) -> x_adv; None: the clean inputs
+                    attack, # a configured attack: attack(x, y) -> x_adv (an `Attack` also gets the examples' indices); None: the clean inputs
                     x: torch.Tensor, # uint8 images or floats in [0,1]
                     y: torch.Tensor, # labels
                     batch_size: int = 500, # evaluation batch size
@@ -53,8 +62,8 @@ def attack_accuracy(model: nn.Module, # returns logits
     "Accuracy of `model` on the points `attack` returns for `(x, y)` (on `x` itself when `attack` is None), in [0,1]."
     correct = 0
     with eval_mode(model):
-        for xb, yb in _batches(x, y, batch_size):
-            xa = xb if attack is None else attack(xb, yb)
+        for xb, yb, idx in _batches(model, x, y, batch_size):
+            xa = xb if attack is None else attack(xb, yb, index=idx) if isinstance(attack, Attack) else attack(xb, yb)
             with torch.no_grad(): correct += (model(xa).argmax(1) == yb).sum().item()
     return correct / len(y)
 
@@ -99,6 +108,8 @@ class EvalAttack:
     norms: Tuple[str, ...] = ("Linf", "L2") # threat-model norms it applies to
     slow: bool = False # capped by `aa_subset` in `evaluate`
     options: Tuple[str, ...] = () # keyword options it accepts
+    origin: str = "robustnb" # whose code: 'robustnb' (in-house) or 'official' (pyautoattack, unmodified)
+    batch_size: Optional[int] = None # a fixed batch for this attack (AutoAttack: its random starts are drawn per batch)
 
 @torch.no_grad()
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -112,21 +123,21 @@ def _feasible(threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor, who: st
                            f"> ε = {threat.eps:.6g}, or outside the box {threat.box})")
 
 # %% ../nbs/10_evaluate.ipynb #c011
-def _run_clean(model, x, y, threat, seed) -> BatchVerdict:
+def _run_clean(model, x, y, threat, seed, index) -> BatchVerdict:
     return BatchVerdict(_correct(model, x, y))
 
 def _pgd_like(cls, name: str, **fixed):
     "A runner for an ε-ball attack class of `robustnb.attacks`."
-    def run(model, x, y, threat, seed, **kw) -> BatchVerdict:
-        xa = cls(model, threat, seed=seed, **{**fixed, **kw})(x, y)
+    def run(model, x, y, threat, seed, index, **kw) -> BatchVerdict:
+        xa = cls(model, threat, seed=seed, **{**fixed, **kw})(x, y, index=index)
         _feasible(threat, xa, x, name)
         return BatchVerdict(_correct(model, xa, y))
     return run
 
 def _minimal(cls, name: str, **fixed):
     "A runner for a minimal-L2 attack: judge the model at the point projected onto the threat set."
-    def run(model, x, y, threat, seed, **kw) -> BatchVerdict:
-        xa = cls(model, ThreatModel(Norm.L2, threat.eps, threat.box), seed=seed, **{**fixed, **kw})(x, y)
+    def run(model, x, y, threat, seed, index, **kw) -> BatchVerdict:
+        xa = cls(model, ThreatModel(Norm.L2, threat.eps, threat.box), seed=seed, **{**fixed, **kw})(x, y, index=index)
         fooled = ~_correct(model, xa, y)
         dist = torch.where(fooled, (xa - x).flatten(1).norm(dim=1), torch.full_like(fooled, float("inf"), dtype=x.dtype))
         xp = threat.project(xa, x)
@@ -134,9 +145,9 @@ def _minimal(cls, name: str, **fixed):
         return BatchVerdict(_correct(model, xp, y), dist=dist)
     return run
 
-def _run_rays(model, x, y, threat, seed, query_budget: int = 10000, tol: float = 1e-4) -> BatchVerdict:
+def _run_rays(model, x, y, threat, seed, index=None, query_budget: int = 10000, tol: float = 1e-4) -> BatchVerdict:
     "RayS without early stopping: the boundary distance (for ADBD) and the robust verdict at ε from one run."
-    res = RayS(model, threat, query_budget=query_budget, tol=tol, early_stop=False, seed=seed).run(x, y)
+    res = RayS(model, threat, query_budget=query_budget, tol=tol, early_stop=False, seed=seed).run(x, y, index=index)
     found = res.dist <= threat.eps
     xa = torch.where(batch_view(found, x), res.x_adv, x)
     _feasible(threat, xa, x, "rays")
@@ -214,8 +225,53 @@ def autoattack(model: nn.Module, # returns logits; used as it is (evaluate puts 
     return BatchVerdict(correct, counts=counts, notes=notes)
 
 def _aa_runner(version: str):
-    def run(model, x, y, threat, seed, n_queries: int = 5000) -> BatchVerdict:
+    def run(model, x, y, threat, seed, index=None, n_queries: int = 5000) -> BatchVerdict:
         return autoattack(model, x, y, threat, version=version, seed=seed, n_queries=n_queries)
+    return run
+
+AA_BATCH = 500 # AutoAttack always gets the evaluated set in chunks of this many examples (see below)
+
+# %% ../nbs/10_evaluate.ipynb #c1d8
+def apgd(model: nn.Module, # returns logits; used as it is (evaluate puts it in eval mode)
+         x: torch.Tensor, # clean inputs in [0,1]
+         y: torch.Tensor, # labels
+         threat: ThreatModel, # Linf or L2, box (0, 1)
+         loss: str = "ce", # 'ce' or 'dlr' (the DLR loss needs at least 3 classes)
+         n_iter: int = 100, # iterations per restart (AutoAttack standard: 100)
+         restarts: int = 1, # restarts on the examples still robust (AutoAttack standard: 1)
+         seed: int = 0, # seed of the per-example starts
+         index: Optional[torch.Tensor] = None, # the examples' indices in the evaluated set (None: 0..N-1)
+        ) -> torch.Tensor: # adversarial points (x itself where none was found)
+    "The official APGD (Croce & Hein, arXiv 2003.01690; `pyautoattack`'s `APGDAttack`) from per-example seeded starts."
+    check_choice("loss", loss, ("ce", "dlr"))
+    n_iter, restarts = check_int("n_iter", n_iter, lo=1), check_int("restarts", restarts, lo=1)
+    if tuple(threat.box) != (0.0, 1.0): raise ValueError(f"APGD works in the box (0, 1), got {threat.box}")
+    _import_autoattack()
+    from pyautoattack.autopgd_base import APGDAttack
+    x, y = x.detach().float(), y.detach().long()
+    rng = ExampleRNG(seed, torch.arange(len(x), device=x.device) if index is None else index)
+    a = APGDAttack(model, n_iter=n_iter, norm=threat.norm.value, eps=threat.eps, loss=loss, seed=seed, device=x.device)
+    a.init_hyperparam(x)
+    with torch.no_grad(): robust = model(x).argmax(1) == y
+    adv = x.clone()
+    dev_rng = [x.device.index or 0] if x.device.type == "cuda" else []
+    with _captured_log(), torch.random.fork_rng(devices=dev_rng):
+        for r in range(restarts):
+            idx = robust.nonzero().flatten()
+            if idx.numel() == 0: break
+            x0, g = x[idx], rng.at(r).rows(idx)
+            t = 2 * g.uniform(x0) - 1 if threat.norm is Norm.Linf else g.normal(x0)
+            start = (x0 + threat.eps * a.normalize(t)).clamp(0.0, 1.0)
+            _, still, _, x_r = a.attack_single_run(x0, y[idx], x_init=start)
+            fooled = ~still.bool()
+            adv[idx[fooled]], robust[idx[fooled]] = x_r[fooled].detach(), False
+    return adv
+
+def _run_apgd(loss: str):
+    def run(model, x, y, threat, seed, index=None, n_iter: int = 100, restarts: int = 1) -> BatchVerdict:
+        xa = apgd(model, x, y, threat, loss, n_iter, restarts, seed, index)
+        _feasible(threat, xa, x, f"apgd-{loss}")
+        return BatchVerdict(_correct(model, xa, y))
     return run
 
 # %% ../nbs/10_evaluate.ipynb #c015
@@ -228,9 +284,14 @@ for _a in [
                options=("steps", "overshoot", "candidates")),
     EvalAttack("cwl2", "CW-L2 (projected)", _minimal(CWL2, "cwl2", const=0.1, binary_steps=5, steps=100, lr=0.05),
                slow=True, options=("const", "binary_steps", "steps", "lr")),
-    EvalAttack("aa_fast", "AutoAttack fast (APGD-CE, APGD-T)", _aa_runner("fast"), slow=True),
-    EvalAttack("aa", "AutoAttack standard", _aa_runner("standard"), kind="ensemble", slow=True, options=("n_queries",)),
-    EvalAttack("square", "Square", _aa_runner("square"), kind="black", slow=True, options=("n_queries",)),
+    EvalAttack("apgd-ce", "APGD-CE (official)", _run_apgd("ce"), options=("n_iter", "restarts"), origin="official"),
+    EvalAttack("apgd-dlr", "APGD-DLR (official)", _run_apgd("dlr"), options=("n_iter", "restarts"), origin="official"),
+    EvalAttack("aa_fast", "AutoAttack fast (APGD-CE, APGD-T)", _aa_runner("fast"), slow=True, origin="official",
+               batch_size=AA_BATCH),
+    EvalAttack("aa", "AutoAttack standard", _aa_runner("standard"), kind="ensemble", slow=True, options=("n_queries",),
+               origin="official", batch_size=AA_BATCH),
+    EvalAttack("square", "Square", _aa_runner("square"), kind="black", slow=True, options=("n_queries",),
+               origin="official", batch_size=AA_BATCH),
     EvalAttack("rays", "RayS", _run_rays, kind="black", norms=("Linf",), slow=True, options=("query_budget", "tol")),
 ]: EVAL_ATTACKS.register(_a.name, obj=_a)
 
@@ -251,9 +312,10 @@ def get_eval_attack(name: str) -> EvalAttack:
 SUITES: Dict[str, Tuple[str, ...]] = {
     "clean": ("clean",),
     "pgd": ("clean", "fgsm", "pgd20", "pgd100", "cw100"),
-    "quick": ("clean", "fgsm", "pgd20", "pgd100", "cw100", "aa_fast"),
-    "standard": ("clean", "pgd20", "pgd100", "cw100", "aa"),
-    "full": ("clean", "fgsm", "pgd20", "pgd100", "cw100", "mifgsm", "deepfool", "cwl2", "aa_fast", "aa", "square", "rays"),
+    "quick": ("clean", "fgsm", "pgd20", "pgd100", "cw100", "apgd-ce", "aa_fast"),
+    "standard": ("clean", "pgd20", "pgd100", "cw100", "apgd-ce", "aa"),
+    "full": ("clean", "fgsm", "pgd20", "pgd100", "cw100", "mifgsm", "deepfool", "cwl2", "apgd-ce", "aa_fast", "aa",
+             "square", "rays"),
 }
 
 def resolve_suite(suite: Union[str, Sequence[str]], # a name in SUITES, or a list of attack names
@@ -348,10 +410,6 @@ def _summarize(spec: EvalAttack, verdicts: List[BatchVerdict], n: int,
     return stats, notes, dist
 
 # %% ../nbs/10_evaluate.ipynb #c025
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return p.device if p is not None else torch.device("cpu")
-
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module):
     "Eval mode and `requires_grad=False` parameters inside the block; modes and flags restored afterwards."
@@ -437,16 +495,18 @@ def evaluate(model: nn.Module, # returns logits for inputs in the threat model's
         with torch.no_grad(): k = model(to_float(x[:1]).to(dev)).shape[1]
         if int(y.min()) < 0 or int(y.max()) >= k:
             raise ValueError(f"labels must be in [0, {k}) for a model with {k} outputs, got [{int(y.min())}, {int(y.max())}]")
-        bar = tqdm(total=sum(math.ceil(limits[s.name] / batch_size) for s in specs), desc="evaluate",
+        bs = {s.name: s.batch_size or batch_size for s in specs}
+        bar = tqdm(total=sum(math.ceil(limits[s.name] / bs[s.name]) for s in specs), desc="evaluate",
                    disable=not progress, leave=False)
         for spec in specs:
             bar.set_description(spec.name)
             verdicts = []
             with Timer(dev) as t:
-                for i in range(0, limits[spec.name], batch_size):
-                    j = min(i + batch_size, limits[spec.name])
+                for i in range(0, limits[spec.name], bs[spec.name]):
+                    j = min(i + bs[spec.name], limits[spec.name])
                     xb, yb = to_float(x[i:j]).to(dev), y[i:j].to(dev).long()
-                    verdicts.append(spec.run(model, xb, yb, threat, seed, **opts.get(spec.name, {})))
+                    index = torch.arange(i, j, device=dev)
+                    verdicts.append(spec.run(model, xb, yb, threat, seed, index, **opts.get(spec.name, {})))
                     bar.update(1)
             stats, notes, dist = _summarize(spec, verdicts, limits[spec.name], threat.box[1] - threat.box[0])
             results[spec.name] = AttackResult(spec.name, spec.title, spec.kind,
@@ -481,11 +541,14 @@ class CheckConfig:
     square_queries: int = 1000 # Square's budget when the suite has no black-box attack
     prob_tol: float = 1e-5 # slack of the 'outputs are probabilities' test
     random_tol: float = 1e-5 # relative difference of two forward passes that counts as randomness
+    gap_tol: float = 0.05 # whitebox_gap: an in-house attack may be this much less effective than the strongest one
+    gap_z: float = 3.0 # whitebox_gap: and more than this many standard deviations of the paired difference
 
 def _verdicts(model, x, y, threat, steps, loss, restarts, seed, batch_size) -> torch.Tensor:
     "Per-example PGD verdicts on a float batch set."
     run = _pgd_like(PGD, f"pgd{steps}", steps=steps, loss=loss, restarts=restarts)
-    return torch.cat([run(model, x[i:i + batch_size], y[i:i + batch_size], threat, seed).correct.cpu()
+    return torch.cat([run(model, x[i:i + batch_size], y[i:i + batch_size], threat, seed,
+                          torch.arange(i, min(i + batch_size, len(x)), device=x.device)).correct.cpu()
                       for i in range(0, len(x), batch_size)])
 
 def _ce_grad_norms(model, x, y, batch_size) -> torch.Tensor:
@@ -567,6 +630,37 @@ def _check_loss(ce: float, cw: float, steps: int, cfg: CheckConfig) -> Check:
         return Check("loss", True, f"{txt}: CE gradients vanish (saturated softmax); trust the margin loss", d)
     return Check("loss", False, txt, d)
 
+_MULTISTEP = re.compile(r"(pgd|cw)\d+|mifgsm")
+
+def _check_whitebox_gap(results: Dict[str, AttackResult], cfg: CheckConfig) -> Optional[Check]:
+    "Flag an in-house white-box attack that is much less effective than the strongest attack of the suite."
+    attacks = [r for r in results.values() if r.kind != "clean"]
+    inhouse = [r for r in attacks if r.kind == "white" and _MULTISTEP.fullmatch(r.name)]
+    if not inhouse or len(attacks) < 2: return None
+    gaps = {}
+    for r in inhouse:
+        others = [s for s in attacks if s is not r]
+        m = min(r.n, min(s.n for s in others))
+        strong = min(others, key=lambda s: (s.accuracy_on(min(m, s.n)), s.name))
+        m = min(r.n, strong.n)
+        a, s = r.correct[:m], strong.correct[:m]
+        b, c = int((a & ~s).sum()), int((~a & s).sum())  # broken only by the strongest / only by the in-house attack
+        gap, thr = (b - c) / m, max(cfg.gap_tol, cfg.gap_z * math.sqrt(b + c) / m, 2 / m)
+        gaps[r.name] = dict(title=r.title, acc=_frac(a), strongest=strong.name, strongest_title=strong.title,
+                            strongest_acc=_frac(s), n=m, only_strongest=b, only_inhouse=c, gap=gap, threshold=thr,
+                            flagged=gap > thr)
+    worst = max(gaps.values(), key=lambda d: d["gap"] - d["threshold"])
+    txt = (f"{worst['title']} reports {_pct(worst['acc'])} where {worst['strongest_title']} finds "
+           f"{_pct(worst['strongest_acc'])} on the same {worst['n']} examples (gap {100 * worst['gap']:.1f} points, "
+           f"threshold {100 * worst['threshold']:.1f})")
+    if any(d["flagged"] for d in gaps.values()):
+        bad = [d["title"] for d in gaps.values() if d["flagged"]]
+        return Check("whitebox_gap", True, txt + f": {', '.join(bad)} overstate{'s' if len(bad) == 1 else ''} robustness on this model, being too weak for it "
+                     "(fixed steps on a rough loss surface) or fooled by masked gradients. Never report them as its robust "
+                     "accuracy; the headline is the per-example worst case of the suite, and with other flags suspect "
+                     "gradient masking", dict(attacks=gaps))
+    return Check("whitebox_gap", False, txt + ": the in-house attacks agree with the strongest one", dict(attacks=gaps))
+
 def _check_blackbox(name: str, bb: torch.Tensor, white: torch.Tensor, cfg: CheckConfig) -> Check:
     m = len(bb)
     only = _frac(~bb & white)
@@ -636,6 +730,8 @@ def masking_checks(model: nn.Module, # returns logits
     if any(r in results for r in ("aa", "aa_fast", "square")):
         out.append(Check("autoattack", bool(aa_notes), aa_notes[0] if aa_notes else "AutoAttack's own checks raised no warning",
                          dict(warnings=aa_notes)))
+    gap = _check_whitebox_gap(results, cfg)
+    if gap is not None: out.append(gap)
     return out
 
 # %% ../nbs/10_evaluate.ipynb #c034
@@ -661,6 +757,34 @@ class SoftmaxOutput(nn.Module):
     def forward(self, x): return F.softmax(self.model(x), 1)
 
 # %% ../nbs/10_evaluate.ipynb #c039
+_TRUSTED = ("aa", "aa_fast", "apgd-ce", "apgd-dlr", "square", "rays") # official or gradient-free attacks, most complete first
+
+def headline(results: Dict[str, AttackResult], # the rows of an evaluation
+             worst: AttackResult, # their per-example worst case
+             flags: Sequence[str] = (), # names of the gradient-masking checks that fired
+            ) -> Dict[str, Any]:
+    "The headline record: worst-case robust accuracy over every attack that ran, named by the strongest one in it."
+    attacks = [k for k in results if k != "clean"]
+    clean = results["clean"].accuracy if "clean" in results else None
+    if not attacks:
+        return dict(robust_acc=None, n=worst.n, label="clean accuracy only: no attack was run", attacks=[],
+                    clean_acc=clean, flags=list(flags))
+    k = len(attacks)
+    top = next((results[a].title for a in _TRUSTED if a in results), None)
+    if top is None:
+        label = (f"in-house attacks only, worst case of {k} attack{'s' if k > 1 else ''} "
+                 f"({', '.join(results[a].title for a in attacks)}): no official AutoAttack was run, so this number may "
+                 "overstate robustness")
+    else: label = f"{top}, worst case of {k} attack{'s' if k > 1 else ''}"
+    return dict(robust_acc=worst.accuracy, n=worst.n, label=label, attacks=attacks, clean_acc=clean, flags=list(flags))
+
+def headline_text(h: Dict[str, Any]) -> str:
+    "One line for people: 'robust 41.00 % (AutoAttack standard, worst case of 5 attacks; 500 examples)'."
+    if h.get("robust_acc") is None: return h["label"]
+    fl = h.get("flags") or []
+    return (f"robust {100 * h['robust_acc']:.2f} % ({h['label']}; {h['n']} examples)"
+            + (f"; {len(fl)} check{'s' if len(fl) > 1 else ''} flagged: {', '.join(fl)}" if fl else ""))
+
 @dataclass
 class EvalResult:
     "An evaluation: one row per attack, the per-example worst case, the gradient-masking checks."
@@ -673,6 +797,11 @@ class EvalResult:
 
     @property
     def robust_acc(self) -> Dict[str, float]: return {k: r.accuracy for k, r in self.results.items()}
+
+    @property
+    def headline(self) -> Dict[str, Any]:
+        "The number to report: the per-example worst case over every attack that ran, and what it is."
+        return headline(self.results, self.worst, self.flagged)
     @property
     def flagged(self) -> List[str]: return [c.name for c in self.checks if c.flagged]
     def __getitem__(self, name: str) -> AttackResult: return self.worst if name == "worst" else self.results[name]
@@ -683,7 +812,7 @@ class EvalResult:
         d = dict(threat=dict(norm=self.threat.norm.value, eps=self.threat.eps, box=list(self.threat.box)), n=self.n,
                  suite=list(r), clean_acc=r["clean"].accuracy,
                  robust_acc={k: v.accuracy for k, v in r.items() if k != "clean"},
-                 worst_case=self.worst.accuracy, worst_case_n=self.worst.n,
+                 worst_case=self.worst.accuracy, worst_case_n=self.worst.n, headline=self.headline,
                  adbd=r["rays"].stats["adbd"] if "rays" in r else None,
                  flags=self.flagged, attacks={k: v.to_dict() for k, v in r.items()},
                  checks=[c.to_dict() for c in self.checks], **self.meta)
@@ -694,6 +823,8 @@ class EvalResult:
         th = self.threat
         head = (f"**Robust accuracy**, {th.norm.value} ε = {th.eps:.4g}, {self.n} examples, seed {self.meta.get('seed')}, "
                 f"{self.meta.get('device', '?')}, {self.meta.get('time_s', 0):.1f} s")
+        hl = self.headline
+        top = f"**Headline: {headline_text(hl)}**"
         rows = ["| attack | examples | accuracy (%) | time (s) | notes |", "|---|---:|---:|---:|---|"]
         for r in self.results.values():
             rows.append(f"| {r.title} | {r.n} | {100 * r.accuracy:.2f} | {r.time_s:.1f} | {_row_note(r)} |")
@@ -703,7 +834,7 @@ class EvalResult:
         nflag = len(self.flagged)
         chk = [f"**Gradient-masking checks**: {nflag} flagged" + (f" ({', '.join(self.flagged)})" if nflag else "")]
         chk += [f"- {'**FLAG**' if c.flagged else 'ok'} `{c.name}`: {c.message}" for c in self.checks]
-        return "\n".join([head, ""] + rows + [""] + (chk if self.checks else ["(no gradient-masking checks were run)"])) + "\n"
+        return "\n".join([head, "", top, ""] + rows + [""] + (chk if self.checks else ["(no gradient-masking checks were run)"])) + "\n"
 
     def save(self, out_dir: Union[str, Path], extra: Optional[Dict[str, Any]] = None) -> Tuple[Path, Path]:
         "Write `eval.json` and `eval.md` into `out_dir`, atomically."
@@ -726,15 +857,33 @@ def _read_json(path: Path) -> Dict[str, Any]:
     if not path.exists(): raise FileNotFoundError(f"{path} is missing: is {path.parent} a run directory written by robustnb.train.fit?")
     return json.loads(path.read_text())
 
+MODEL_FORMAT = "robustnb-model-1"
+
+def save_run_model(path: Union[str, Path], # where model.pt goes
+                   model: nn.Module, # the selected model
+                   config: Dict[str, Any], # the run's config (plain JSON values)
+                  ):
+    "Write `model.pt`: the weights and the config they were trained with, in one file (one snapshot), atomically."
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp: torch.save(dict(format=MODEL_FORMAT, config=config, state_dict=state), tmp)
+
 def load_run_model(run_dir: Union[str, Path], # a run directory written by robustnb.train.fit
                    device="cpu", # where the model goes
                   ) -> Tuple[nn.Module, Dict[str, Any]]:
-    "The model of a run (its `model.pt`, rebuilt from `config.json`) in eval mode, and the config."
+    "The model of a run in eval mode, and the config its weights were trained with (both from `model.pt`)."
     run_dir = Path(run_dir)
-    cfg = _read_json(run_dir / "config.json")
-    if not (run_dir / "model.pt").exists(): raise FileNotFoundError(f"{run_dir / 'model.pt'} is missing: the run has not finished")
+    path = run_dir / "model.pt"
+    if not path.exists():
+        _read_json(run_dir / "config.json")  # not a run directory at all: say so first
+        raise FileNotFoundError(f"{path} is missing: the run has not finished")
+    try: obj = safe_load(path)  # tensors and plain values only: no code runs
+    except Exception as e: raise ValueError(f"{path} cannot be read safely as a model file ({load_error(e)})") from None
+    if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT: cfg, state = obj["config"], obj["state_dict"]
+    else: cfg, state = _read_json(run_dir / "config.json"), obj  # a wave-1 model.pt: bare weights beside config.json
     model = get_model(cfg["arch"], dataset=cfg["dataset"])
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    try: model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} does not hold weights of a {cfg['arch']} for {cfg['dataset']}: {e}") from None
     return model.to(get_device(device)).eval(), cfg
 
 def evaluate_run(run_dir: Union[str, Path], # a run directory written by robustnb.train.fit
@@ -763,6 +912,9 @@ def evaluate_run(run_dir: Union[str, Path], # a run directory written by robustn
     res.meta.update(run=str(run_dir), method=cfg.get("method"), dataset=cfg["dataset"], arch=cfg["arch"],
                     train_time_s=metrics.get("train_time_s"), grad_evals_per_sample=metrics.get("grad_evals_per_sample"))
     res.save(run_dir)
+    if metrics:  # the run's headline becomes this evaluation's worst case
+        metrics.update(headline=res.headline, headline_source="eval.json")
+        atomic_write_text(run_dir / "metrics.json", json.dumps(_json_num(metrics), indent=2))
     return res
 
 # %% ../nbs/10_evaluate.ipynb #c050
@@ -773,7 +925,7 @@ def _strongest_pgd(acc: Dict[str, float]) -> Tuple[Optional[str], Optional[float
     return k, acc[k]
 
 def compare_rows(run_dirs: Sequence[Union[str, Path]]) -> List[Dict[str, Any]]:
-    "One record per run: method, data, ε, clean / PGD / AutoAttack / worst-case accuracy, ADBD, cost, flags."
+    "One record per run: method, data, ε, the headline (worst case, named), clean / PGD / AutoAttack accuracy, ADBD, cost, flags."
     rows = []
     for d in map(Path, run_dirs):
         cfg = _read_json(d / "config.json")
@@ -783,7 +935,9 @@ def compare_rows(run_dirs: Sequence[Union[str, Path]]) -> List[Dict[str, Any]]:
         if ev: acc.update(ev["robust_acc"])
         pgd_name, pgd = _strongest_pgd(acc)
         aa_name = next((k for k in ("aa", "aa_fast") if k in acc), None)
+        hl = (ev or {}).get("headline") or met.get("headline")
         rows.append(dict(run=d.name, method=cfg.get("method"), dataset=cfg.get("dataset"), arch=cfg.get("arch"),
+                         headline=hl.get("robust_acc") if hl else None, headline_label=hl.get("label") if hl else None,
                          norm=cfg.get("norm"), eps=cfg.get("eps"), clean=ev["clean_acc"] if ev else met.get("clean_acc"),
                          pgd_name=pgd_name, pgd=pgd, aa_name=aa_name, aa=acc.get(aa_name),
                          worst=ev["worst_case"] if ev else None, adbd=ev.get("adbd") if ev else None,
@@ -801,17 +955,20 @@ def compare(run_dirs: Sequence[Union[str, Path]], # run directories (with metric
     "The cross-method table (markdown, percentages) and a robustness-vs-training-time scatter plot."
     if not len(run_dirs): raise ValueError("compare needs at least one run directory")
     rows = compare_rows(run_dirs)
-    lines = ["| run | method | data / model | ε | clean | PGD | AutoAttack | worst case | ADBD | train time (s) | grad evals | flags |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| run | method | data / model | ε | clean | robust (headline) | what the headline is | PGD | AutoAttack | ADBD | "
+             "train time (s) | grad evals | flags |", "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         pgd = _fmt(r["pgd"]) + (f" ({r['pgd_name'][3:]} steps)" if r["pgd_name"] else "")
         aa = _fmt(r["aa"]) + (" (fast)" if r["aa_name"] == "aa_fast" else "")
         flags = "not evaluated" if r["flags"] is None else (", ".join(r["flags"]) or "none")
         lines.append(f"| {r['run']} | {r['method']} | {r['dataset']} / {r['arch']} | {r['norm']} {r['eps']:.4g} | "
-                     f"{_fmt(r['clean'])} | {pgd} | {aa} | {_fmt(r['worst'])} | {_fmt(r['adbd'], False, 4)} | "
+                     f"{_fmt(r['clean'])} | **{_fmt(r['headline'])}** | {r['headline_label'] or '–'} | {pgd} | {aa} | "
+                     f"{_fmt(r['adbd'], False, 4)} | "
                      f"{_fmt(r['train_time_s'], False, 1)} | {r['grad_evals'] if r['grad_evals'] is not None else '–'} | {flags} |")
-    table = "\n".join(lines) + "\n\nAccuracies in %, on each run's first n test examples; PGD is the strongest PGD run, " \
-            "AutoAttack the standard version unless marked fast (APGD-CE + APGD-T).\n"
+    table = "\n".join(lines) + "\n\nAccuracies in %, on each run's first n test examples. The headline is the " \
+            "per-example worst case over every attack the run's evaluation ran (from eval.json; a run not evaluated yet " \
+            "shows its training-time selection attack on the test set, from metrics.json); PGD is the strongest PGD " \
+            "row, AutoAttack the standard version unless marked fast (APGD-CE + APGD-T).\n"
     path = Path(out) if out is not None else Path(run_dirs[0]).parent / "compare.png"
     _scatter(rows, path)
     return table, path
@@ -822,13 +979,13 @@ def _scatter(rows: List[Dict[str, Any]], path: Path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for r in rows:
-        rob, what = next(((r[k], lab) for k, lab in (("aa", "AutoAttack"), ("worst", "worst case"), ("pgd", "PGD"))
-                          if r[k] is not None), (None, None))
+        rob = r["headline"]
         if rob is None or r["train_time_s"] is None: continue
-        ax.scatter(r["train_time_s"], 100 * rob, marker="o" if what == "AutoAttack" else "s")
+        official = any(k in (r["headline_label"] or "") for k in ("AutoAttack", "APGD"))
+        ax.scatter(r["train_time_s"], 100 * rob, marker="o" if official else "s")
         ax.annotate(f"{r['method']} ({r['run']})", (r["train_time_s"], 100 * rob), fontsize=8,
                     textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("training time (s)"); ax.set_ylabel("robust accuracy (%)  [o AutoAttack, □ worst case / PGD]")
+    ax.set_xlabel("training time (s)"); ax.set_ylabel("headline robust accuracy (%)\n[o with official attacks, □ in-house only]")
     ax.set_title("robustness vs training time", fontsize=10); ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)

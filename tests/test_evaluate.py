@@ -187,7 +187,7 @@ def test_evaluation_is_deterministic(trained):
 @pytest.mark.parametrize("call, match", [
     (lambda n, x, y: evaluate(n, x, y, ("Linf", -0.1)), "eps"),
     (lambda n, x, y: evaluate(n, x, y, ThreatModel("L2", float("nan"))), "eps"),
-    (lambda n, x, y: evaluate(n, x, y, TM, ["pgd20", "bim"]), "unknown attack 'bim': allowed are aa, aa_fast, clean"),
+    (lambda n, x, y: evaluate(n, x, y, TM, ["pgd20", "bim"]), "unknown attack 'bim': allowed are aa, aa_fast, apgd-ce, apgd-dlr, clean"),
     (lambda n, x, y: evaluate(n, x, y, TM, "fastest"), "unknown suite 'fastest': allowed are clean, pgd, quick"),
     (lambda n, x, y: evaluate(n, x, y, ThreatModel("L2", 0.5), ["rays"]), "rays: not applicable to the L2 threat model"),
     (lambda n, x, y: evaluate(n, to_float(x) * 2, y, TM), r"must lie in \[0.0, 1.0\]"),
@@ -209,7 +209,7 @@ def test_suites_follow_the_norm():
     full_linf = [a.name for a in resolve_suite("full", TM)]
     full_l2 = [a.name for a in resolve_suite("full", ThreatModel("L2", 0.5))]
     assert "rays" in full_linf and "rays" not in full_l2 and full_l2 == [n for n in full_linf if n != "rays"]
-    assert [a.name for a in resolve_suite("quick", TM)] == ["clean", "fgsm", "pgd20", "pgd100", "cw100", "aa_fast"]
+    assert [a.name for a in resolve_suite("quick", TM)] == ["clean", "fgsm", "pgd20", "pgd100", "cw100", "apgd-ce", "aa_fast"]
 
 
 # ---------------------------------------------------------------- AutoAttack, RayS, L2
@@ -276,3 +276,59 @@ def test_evaluate_run_and_compare(tmp_path, one_thread):
     assert len(lines) == 3 and "| standard | standard |" in lines[1] and "| trades | trades |" in lines[2]
     with pytest.raises(FileNotFoundError, match="run directory"):
         evaluate_run(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------- honest headlines (issue: PGD 16 % where AutoAttack found 0 %)
+
+def test_headline_and_whitebox_gap_on_a_model_pgd_overrates(trained):
+    "Logits ×1e4 saturate the softmax: CE-based PGD finds nothing, AutoAttack's DLR-based APGD-T breaks it."
+    net, x, y = trained
+    masked = ScaleLogits(net, 1e4).eval()
+    res = evaluate(masked, x, y, TM, ["pgd20", "pgd100", "aa_fast"], aa_subset=60, check_n=60, check_config=CHEAP,
+                   progress=False)
+    pgd, aa = res["pgd100"].accuracy_on(60), res["aa_fast"].accuracy
+    assert pgd > aa + 0.2, (pgd, aa)                                  # the weak-attack number is far above
+    h = res.headline
+    assert h["robust_acc"] == res.worst.accuracy <= aa and h["n"] == 60
+    assert h["label"] == "AutoAttack fast (APGD-CE, APGD-T), worst case of 3 attacks"
+    gap = next(c for c in res.checks if c.name == "whitebox_gap")
+    assert gap.flagged and "PGD-" in gap.message and "Never report them" in gap.message
+    d = gap.details["attacks"]["pgd20"]
+    assert d["strongest"] == "aa_fast" and d["gap"] > d["threshold"]
+    # the same suite without any official attack: the headline says so itself
+    h2 = evaluate(masked, x, y, TM, "pgd", progress=False, checks=False).headline
+    assert h2["label"].startswith("in-house attacks only, worst case of 4 attacks") and "may overstate" in h2["label"]
+    # an ordinary model: the in-house attacks agree with AutoAttack, no flag
+    res3 = evaluate(net, x, y, TM, ["pgd100", "aa_fast"], aa_subset=60, check_n=60, check_config=CHEAP, progress=False)
+    assert not next(c for c in res3.checks if c.name == "whitebox_gap").flagged
+
+
+def _result(name, correct, kind="white"):
+    return AttackResult(name, name.upper(), kind, torch.tensor(correct, dtype=torch.bool))
+
+
+def test_whitebox_gap_threshold_scales_with_the_sample_size():
+    "A 6-point gap: noise on 100 examples (3·√6/100 = 7.3 points), a flag on 1000 (threshold 5 points)."
+    from robustnb.evaluate import _check_whitebox_gap
+    for m, flagged in ((100, False), (1000, True)):
+        strong = [False] * (m // 10) + [True] * (m - m // 10)                      # 90 % robust under the strong attack
+        weak = [False] * (4 * m // 100) + [True] * (6 * m // 100) + strong[m // 10:]  # 6 points more: b = 0.06 m, c = 0
+        res = {"clean": _result("clean", [True] * m, "clean"), "pgd20": _result("pgd20", weak),
+               "aa": _result("aa", strong, "ensemble")}
+        c = _check_whitebox_gap(res, CheckConfig())
+        d = c.details["attacks"]["pgd20"]
+        assert abs(d["gap"] - 0.06) < 1e-9 and c.flagged == flagged, (m, d)
+    assert _check_whitebox_gap({"clean": _result("clean", [True], "clean")}, CheckConfig()) is None
+
+
+@pytest.mark.parametrize("suite", [["fgsm", "pgd20", "cw20", "mifgsm", "apgd-ce", "deepfool", "rays"]])
+def test_same_attack_same_examples_same_verdict_whatever_the_batch(trained, suite):
+    net, x, y = trained
+    opts = {"rays": {"query_budget": 200}, "apgd-ce": {"n_iter": 20}, "deepfool": {"steps": 10}}
+    a = evaluate(net, x[:60], y[:60], TM, suite, batch_size=7, options=opts, checks=False, progress=False)
+    b = evaluate(net, x[:60], y[:60], TM, suite, batch_size=60, options=opts, checks=False, progress=False)
+    for k in a.results: assert torch.equal(a[k].correct, b[k].correct), k
+    # and a slice of the set gets the verdicts of the same examples in the whole set
+    c = evaluate(net, x[:60], y[:60], TM, ["pgd20", "apgd-ce"], options={"apgd-ce": {"n_iter": 20}}, checks=False,
+                 progress=False)
+    assert torch.equal(c["pgd20"].correct, a["pgd20"].correct) and torch.equal(c["apgd-ce"].correct, a["apgd-ce"].correct)
