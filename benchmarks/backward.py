@@ -74,7 +74,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     import robustnb.train as T
     common = dict(recipe="trades_mnist_smallcnn", epochs=a.epochs, max_train_samples=a.n, root=a.root, device=a.device,
-                  seed=a.seed, eval_every=a.epochs, eval_steps=40, test_subset=a.test, overwrite=True)
+                  seed=a.seed, eval_every=a.epochs, val_attack="pgd40", test_subset=a.test, overwrite=True)
     cfgs = {k: T.make_config(**common, **v, out_dir="unused") for k, v in METHODS.items()}
     t0 = time.time()
     ratio, ratios = interleaved_ratio(T, cfgs, a.rounds, a.seed)

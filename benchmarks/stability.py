@@ -5,7 +5,7 @@
         --extra "--max_train_samples 4096 --root ../shared/data"
 
 Each run is a separate process of the trainer's command line (`robustnb.train.main`, the `robustnb-train` entry
-point) with `--seed s`; its final robust accuracy (PGD-`eval_steps` on the test set, of the model selected on the
+point) with `--seed s`; its final robust accuracy (`--attack`, APGD-CE by default, on the test set, of the model selected on the
 held-out split) is read back from the run's metrics.json. The per-method summary (mean / median / min / max / std of
 robust accuracy) and a box plot — the paper's Figure 5 — go to benchmarks/results/stability_<dataset>.{json,md,png}.
 """
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_one(method, seed, a, tmp):
     out_dir = Path(tmp) / f"{method}_seed{seed}"
     args = ["--method", method, "--seed", str(seed), "--dataset", a.dataset, "--arch", a.arch, "--eps", str(a.eps),
-            "--epochs", str(a.epochs), "--steps", "1", "--eval_steps", str(a.eval_steps), "--test_subset", "0",
+            "--epochs", str(a.epochs), "--steps", "1", "--val_attack", a.attack, "--test_subset", "0",
             "--out_dir", str(out_dir), "--quiet", *shlex.split(a.extra)]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     t0 = time.time()
@@ -35,7 +35,7 @@ def run_one(method, seed, a, tmp):
     if proc.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     m = json.loads((out_dir / "metrics.json").read_text())
-    return dict(method=method, seed=seed, robust_acc=m["robust_acc"][f"pgd{a.eval_steps}"], clean_acc=m["clean_acc"],
+    return dict(method=method, seed=seed, robust_acc=m["robust_acc"][a.attack], clean_acc=m["clean_acc"],
                 best_epoch=m["best_epoch"], train_time_s=m["train_time_s"], wall_s=time.time() - t0,
                 grad_evals=m["grad_evals_per_sample"])
 
@@ -48,7 +48,7 @@ def main(argv=None):
     p.add_argument("--arch", default="smallcnn")
     p.add_argument("--eps", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--eval_steps", type=int, default=20, help="PGD steps of the robust accuracy")
+    p.add_argument("--attack", default="apgd-ce", help="attack of the robust accuracy (robustnb-train --val_attack): apgd-ce, or pgd20 for the papers' protocol")
     p.add_argument("--extra", default="", help="more robustnb-train flags, as one string")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
@@ -60,7 +60,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(a.jobs) as pool:
         runs = list(pool.map(lambda ms: run_one(*ms, a, tmp), [(m, s) for m in methods for s in range(a.seeds)]))
     for r in runs:
-        print(f"{r['method']:12s} seed {r['seed']}: clean {100 * r['clean_acc']:.1f}%  PGD-{a.eval_steps} "
+        print(f"{r['method']:12s} seed {r['seed']}: clean {100 * r['clean_acc']:.1f}%  {a.attack} "
               f"{100 * r['robust_acc']:.1f}%  (best epoch {r['best_epoch']}, {r['train_time_s']:.0f}s)", file=sys.stderr)
     acc = {m: [r["robust_acc"] for r in runs if r["method"] == m] for m in methods}
     summary = stability_summary(acc)
@@ -69,13 +69,13 @@ def main(argv=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    ax = plot_stability(acc, f"{a.dataset}/{a.arch}, ε = {a.eps:g}, {a.epochs} epochs, {a.seeds} seeds (PGD-{a.eval_steps})")
+    ax = plot_stability(acc, f"{a.dataset}/{a.arch}, ε = {a.eps:g}, {a.epochs} epochs, {a.seeds} seeds ({a.attack})")
     ax.figure.tight_layout(); ax.figure.savefig(out / f"{stem}.png", dpi=110); plt.close(ax.figure)
-    setup = dict(dataset=a.dataset, arch=a.arch, eps=a.eps, epochs=a.epochs, seeds=a.seeds, eval_steps=a.eval_steps,
+    setup = dict(dataset=a.dataset, arch=a.arch, eps=a.eps, epochs=a.epochs, seeds=a.seeds, attack=a.attack,
                  extra=a.extra, threads=a.threads, jobs=a.jobs, wall_s=time.time() - t0)
     (out / f"{stem}.json").write_text(json.dumps(dict(setup=setup, summary=summary, runs=runs), indent=2))
     lines = [f"{a.dataset}/{a.arch}, ε = {a.eps:g}, {a.epochs} epochs, seeds 0–{a.seeds - 1}, robust accuracy under "
-             f"PGD-{a.eval_steps} on the test set (model selected on the held-out split), via robustnb-train.", "",
+             f"{a.attack} on the test set (model selected on the held-out split), via robustnb-train.", "",
              "| method | grad evals | mean | median | min | max | std |", "|---|---|---|---|---|---|---|"]
     for m, s in summary.items():
         ge = next(r["grad_evals"] for r in runs if r["method"] == m)

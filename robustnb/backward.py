@@ -299,7 +299,7 @@ METHOD_FACTORIES = {
     "fast_trades": lambda c: FastTRADES(c.threat, steps=c.steps or 1, alpha=c.alpha, beta=c.beta),
     "fast_at_plus": lambda c: FastATPlus(c.threat, alpha=c.alpha, pgd_steps=c.steps or 10, drop=_opt(c, "plus_drop", 0.2),
                                          pgd_epochs=_opt(c, "plus_pgd_epochs", 0) or None,
-                                         check_steps=_opt(c, "eval_steps", 10), attack_mode=_opt(c, "attack_mode", "eval")),
+                                         check_steps=20, attack_mode=_opt(c, "attack_mode", "eval")),
 }
 
 def _like_trades_mnist(**kw) -> Dict[str, Any]:

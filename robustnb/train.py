@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import math
 import os
 import random
+import socket
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,19 +26,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .core import (Method, MethodOutput, Registry, Standard, ThreatModel, Timer, atomic_path,
-                           atomic_torch_save, atomic_write_text, get_device, set_seed, train_mode, Norm)
+                           atomic_torch_save, atomic_write_text, check_choice, load_error, safe_load, check_float, check_int, get_device,
+                           set_seed, train_mode, Norm)
 from .data import Batches, DATASETS, dataset_info, get_data, to_float
 from .models import MODELS, get_model
 import robustnb.trades
 import robustnb.backward
 from .backward import hessian_top_eigenvalue
-from .evaluate import SUITES, EvalResult, accuracy, evaluate_run, pgd_accuracy
+from .evaluate import (SUITES, EvalResult, evaluate, evaluate_run, get_eval_attack, headline_text,
+                               save_run_model)
 
 # %% auto #0
 __all__ = ['METHOD_MODULES', 'METHODS', 'OPTIMIZERS', 'SCHEDULES', 'RECIPES', 'RUN_FILES', 'EVAL_FILES', 'CKPT_FORMAT',
-           'TrainConfig', 'build_method', 'lr_at', 'validate', 'make_config', 'config_from_parameters', 'DistInfo',
-           'init_distributed', 'allreduce_grads', 'broadcast_module', 'load_checkpoint', 'prepare_out_dir',
-           'train_step', 'RunResult', 'fit', 'evaluate_after_fit', 'build_parser', 'main']
+           'LOCK_FILE', 'TrainConfig', 'build_method', 'lr_at', 'validate', 'make_config', 'papermill_parameters',
+           'config_from_parameters', 'DistInfo', 'init_distributed', 'allreduce_grads', 'broadcast_module', 'RunLocked',
+           'RunLock', 'load_checkpoint', 'upgrade_checkpoint', 'prepare_out_dir', 'train_step', 'RunResult',
+           'summary_line', 'TrainingDiverged', 'TrainState', 'setup', 'train_epoch', 'validate_epoch',
+           'save_checkpoint', 'finish', 'fit', 'evaluate_after_fit', 'build_parser', 'main']
 
 # %% ../nbs/11_train.ipynb #c005
 @dataclass
@@ -70,8 +77,8 @@ class TrainConfig:
     channels_last: bool = False # use channels_last memory format (faster convolutions on GPU and AMX CPUs)
     compile: bool = False # torch.compile the model for the training step
     eval_every: int = 1 # evaluate on the held-out split every k epochs
-    eval_subset: int = 200 # held-out training examples used for per-epoch clean/PGD accuracy
-    eval_steps: int = 20 # PGD steps of the per-epoch robust accuracy
+    eval_subset: int = 200 # held-out training examples used for the per-epoch clean and robust accuracy (at least 1)
+    val_attack: str = "apgd-ce" # attack of the per-epoch robust accuracy, which selects the checkpoint: apgd-ce (official APGD-CE, AutoAttack strength) or pgd<k> (the papers' protocol, e.g. pgd20: weaker)
     hessian_every: int = 0 # log the top eigenvalue of the inner loss's input Hessian every k epochs (0: never)
     hessian_loss: str = "ce" # loss of that Hessian: ce or kl
     test_subset: int = 1000 # test examples of the final evaluation (0: the whole test set)
@@ -80,6 +87,7 @@ class TrainConfig:
     max_train_samples: int = 0 # use at most this many training examples (0: all)
     augment: str = "auto" # auto (crop+flip for 32x32 colour sets), none, crop_flip
     root: Optional[str] = None # data root (else $ROBUSTNB_DATA, else a cache folder)
+    download: bool = False # fetch missing data files (md5-checked) where a network is available
     out_dir: str = "runs/default" # run directory
     resume: bool = False # continue the run in out_dir from its checkpoint
     overwrite: bool = False # replace a different run already in out_dir
@@ -163,37 +171,49 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 # %% ../nbs/11_train.ipynb #c016
+_FLOATS = ("lr", "momentum", "weight_decay", "lr_decay", "cyclic_peak", "eps", "alpha", "beta", "gamma", "plus_drop")
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     "Check every field of `cfg`; raise `ValueError` naming the field, the value and what is allowed."
     METHODS.get(cfg.method); DATASETS.get(cfg.dataset); MODELS.get(cfg.arch)
     SCHEDULES.get(cfg.schedule); OPTIMIZERS.get(cfg.optimizer)
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}: allowed are {', '.join(sorted(RECIPES))}")
+    for name in _FLOATS:  # NaN and inf are refused everywhere (nan < 0 is False: a plain comparison lets them through)
+        check_float(name, getattr(cfg, name), allow_none=name == "alpha")
     ThreatModel(cfg.norm, cfg.eps)  # validates norm and eps >= 0
-    for name in ("epochs", "batch_size", "eval_every", "eval_steps", "bs_points"):
-        if getattr(cfg, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.steps is not None and cfg.steps < 1: raise ValueError(f"steps must be >= 1 or None, got {cfg.steps}")
-    for name in ("eval_subset", "test_subset", "max_train_samples", "hessian_every", "plus_pgd_epochs", "aa_subset"):
-        if getattr(cfg, name) < 0: raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if not cfg.lr > 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
-    if cfg.alpha is not None and not cfg.alpha > 0: raise ValueError(f"alpha must be > 0 or None, got {cfg.alpha}")
-    if cfg.weight_decay < 0 or not 0 <= cfg.momentum < 1:
-        raise ValueError(f"need weight_decay >= 0 and 0 <= momentum < 1, got {cfg.weight_decay}, {cfg.momentum}")
+    for name in ("epochs", "batch_size", "eval_every", "eval_subset", "bs_points"): check_int(name, getattr(cfg, name), lo=1)
+    check_int("steps", cfg.steps, lo=1, allow_none=True)
+    for name in ("test_subset", "max_train_samples", "hessian_every", "plus_pgd_epochs", "aa_subset", "seed"):
+        check_int(name, getattr(cfg, name), lo=0)
+    check_float("lr", cfg.lr, lo=0, lo_open=True)
+    check_float("alpha", cfg.alpha, lo=0, lo_open=True, allow_none=True)
+    check_float("weight_decay", cfg.weight_decay, lo=0)
+    check_float("momentum", cfg.momentum, lo=0, hi=1, hi_open=True)
+    check_float("lr_decay", cfg.lr_decay, lo=0, hi=1, lo_open=True)
+    check_float("cyclic_peak", cfg.cyclic_peak, lo=0, hi=1, lo_open=True, hi_open=True)
+    check_float("plus_drop", cfg.plus_drop, lo=0, hi=1, lo_open=True)
+    for name in ("beta", "gamma"): check_float(name, getattr(cfg, name), lo=0)
+    for m in cfg.milestones: check_float("milestones", m)
     if cfg.eval_suite != "none" and cfg.eval_suite not in SUITES:
         raise ValueError(f"unknown eval_suite {cfg.eval_suite!r}: allowed are none, {', '.join(SUITES)}")
-    if cfg.attack_mode not in ("eval", "train"): raise ValueError(f"attack_mode must be eval or train, got {cfg.attack_mode!r}")
-    if cfg.hessian_loss not in ("ce", "kl"): raise ValueError(f"hessian_loss must be ce or kl, got {cfg.hessian_loss!r}")
-    if not 0 < cfg.plus_drop <= 1: raise ValueError(f"plus_drop must be in (0, 1], got {cfg.plus_drop}")
-    if cfg.amp not in ("off", "bf16", "fp16"): raise ValueError(f"amp must be one of off, bf16, fp16, got {cfg.amp!r}")
-    if cfg.augment not in ("auto", "none", "crop_flip"):
-        raise ValueError(f"augment must be one of auto, none, crop_flip, got {cfg.augment!r}")
+    spec = get_eval_attack(cfg.val_attack)
+    if spec.name == "clean" or cfg.norm not in spec.norms:
+        raise ValueError(f"val_attack {cfg.val_attack!r} cannot select checkpoints under {cfg.norm}: use apgd-ce or pgd<k>")
+    check_choice("attack_mode", cfg.attack_mode, ("eval", "train"))
+    check_choice("hessian_loss", cfg.hessian_loss, ("ce", "kl"))
+    check_choice("amp", cfg.amp, ("off", "bf16", "fp16"))
+    check_choice("augment", cfg.augment, ("auto", "none", "crop_flip"))
     if cfg.schedule == "piecewise" and not all(0 < m < 1 for m in cfg.milestones):
         raise ValueError(f"piecewise milestones are fractions of training in (0,1), got {cfg.milestones}")
     if cfg.schedule == "epochs" and not all(0 < m for m in cfg.milestones):
         raise ValueError(f"epoch milestones must be positive epoch numbers, got {cfg.milestones}")
-    if not 0 < cfg.cyclic_peak < 1: raise ValueError(f"cyclic_peak must be in (0,1), got {cfg.cyclic_peak}")
+    if not isinstance(cfg.out_dir, str) or not cfg.out_dir.strip():
+        raise ValueError(f"out_dir must name a directory, got {cfg.out_dir!r}")
+    if cfg.root is not None and not str(cfg.root).strip(): raise ValueError("root must name a directory or be None, got ''")
     dev = get_device(cfg.device)
     if cfg.amp == "fp16" and dev.type != "cuda": raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'off'")
+    build_method(cfg)  # the method checks its own arguments (beta, gamma, points, ...) here, before anything is written
     return cfg
 
 def make_config(recipe: Optional[str] = None, # name of a recipe in RECIPES, or None
@@ -210,16 +230,27 @@ def make_config(recipe: Optional[str] = None, # name of a recipe in RECIPES, or 
     return validate(TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}, recipe=recipe))
 
 # %% ../nbs/11_train.ipynb #c018
+def papermill_parameters() -> Optional[List[str]]:
+    "The names papermill's injected `# Parameters` cell assigned in this kernel, or None outside papermill."
+    try: from IPython import get_ipython
+    except ImportError: return None
+    ip = get_ipython()
+    for src in reversed(getattr(ip, "user_ns", {}).get("In", []) if ip is not None else []):
+        if isinstance(src, str) and src.lstrip().startswith("# Parameters"):
+            return [t.id for node in ast.parse(src).body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)]
+    return None
+
 def config_from_parameters(params: Dict[str, Any], # a namespace holding every TrainConfig field (e.g. globals())
+                           explicit: Optional[Sequence[str]] = None, # the names given explicitly (None: papermill's, else those differing from the defaults)
                           ) -> TrainConfig:
-    "Build the config of a papermill run: a recipe plus every parameter that differs from its default."
-    explicit = {}
-    for f in fields(TrainConfig):
-        if f.name == "recipe": continue
-        v = params[f.name]
-        same = tuple(v) == f.default if f.name == "milestones" and isinstance(v, (list, tuple)) else v == f.default
-        if not same: explicit[f.name] = v
-    return make_config(recipe=params.get("recipe"), **explicit)
+    "Build the config of a papermill run: a recipe plus every parameter given explicitly."
+    if explicit is None: explicit = papermill_parameters()
+    if explicit is None:
+        explicit = [f.name for f in fields(TrainConfig) if not (
+            tuple(params[f.name]) == f.default if f.name == "milestones" and isinstance(params[f.name], (list, tuple))
+            else params[f.name] == f.default)]
+    return make_config(recipe=params.get("recipe"), **{k: params[k] for k in explicit if k != "recipe"})
 
 # %% ../nbs/11_train.ipynb #c021
 @dataclass
@@ -261,23 +292,110 @@ def broadcast_module(model: nn.Module):
 # %% ../nbs/11_train.ipynb #c023
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.pt", "checkpoint.pt", "curves.png")
 EVAL_FILES = ("eval.json", "eval.md") # written by the evaluation after training (robustnb.evaluate.evaluate_run)
-CKPT_FORMAT = "robustnb-checkpoint-1"
-_NOT_COMPARED = {"resume", "overwrite", "out_dir", "device", "epochs", "eval_every", "test_subset", "root"}
+CKPT_FORMAT = "robustnb-checkpoint-2" # tensors and plain values only (format 1 pickled NumPy and Python objects)
+LOCK_FILE = ".robustnb.lock"
+_NOT_COMPARED = {"resume", "overwrite", "out_dir", "device", "epochs", "eval_every", "test_subset", "root",
+                 "eval_suite", "aa_subset", "download"} # bookkeeping, or fields that only matter after training
+
+class RunLocked(RuntimeError):
+    "Another process is running in this out_dir."
+
+class RunLock:
+    "An exclusive lock on a run directory, held for the whole run, released on exit and by the OS when the process dies."
+    def __init__(self, out_dir: Union[str, Path]): # the run directory (created if missing)
+        self.out, self.fd, self.created = Path(out_dir), None, False
+
+    def acquire(self) -> "RunLock":
+        "Take the lock, or raise `RunLocked` naming the process that holds it."
+        import fcntl
+        self.created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 512).decode(errors="replace").strip() or "unknown process"
+                os.close(fd)
+                self._undo_mkdir()
+                raise RunLocked(f"out_dir {self.out} is in use by another run ({holder}): wait for it to finish, or "
+                                "choose another out_dir") from None
+            try: same = os.fstat(fd).st_ino == os.stat(path).st_ino  # the file we locked is still the lock file
+            except FileNotFoundError: same = False
+            if same: break
+            os.close(fd)
+        stale = os.read(fd, 512).decode(errors="replace").strip()
+        os.ftruncate(fd, 0); os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self.fd, self.took_over = fd, stale or None  # the lock of a process that died: taken over
+        return self
+
+    @staticmethod
+    def holder(out_dir: Union[str, Path]) -> Optional[str]:
+        "Who holds the lock on `out_dir` (pid, host, start), or None when no live process does."
+        import fcntl
+        path = Path(out_dir) / LOCK_FILE
+        try: fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError: return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        except BlockingIOError: return os.read(fd, 512).decode(errors="replace").strip() or "unknown process"
+        finally: os.close(fd)
+
+    def release(self):
+        "Give the lock back (and remove the folder again if this lock created it and nothing was written)."
+        if self.fd is None: return
+        import fcntl
+        try: os.unlink(self.out / LOCK_FILE)
+        except FileNotFoundError: pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd); self.fd = None
+        self._undo_mkdir()
+
+    def _undo_mkdir(self):
+        if self.created and self.out.is_dir() and not any(self.out.iterdir()): self.out.rmdir()
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
 
 def _cfg_json(cfg: TrainConfig) -> Dict[str, Any]:
     d = asdict(cfg); d["milestones"] = list(cfg.milestones); return d
 
+def _diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    return [f"{k}: {old.get(k)!r} in the checkpoint, {new[k]!r} now" for k in new
+            if k not in _NOT_COMPARED and old.get(k) != new[k]]
+
 def load_checkpoint(path: Path, cfg: TrainConfig) -> Dict[str, Any]:
-    "Load and check a checkpoint for resuming `cfg`; `ValueError` if it is corrupt or belongs to another run."
-    try: ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e: raise ValueError(f"cannot resume: {path} is corrupt or unreadable ({type(e).__name__}: {e})") from None
+    "Load (without executing code) and check a checkpoint for resuming `cfg`; `ValueError` if it cannot be resumed."
+    try: ck = safe_load(path)
+    except Exception as e:
+        raise ValueError(f"cannot resume: {path} is corrupt, or not a checkpoint robustnb can read without running code "
+                         f"({load_error(e)}); a checkpoint of robustnb's first format (robustnb-checkpoint-1) can be "
+                         "converted, if you trust its origin, with robustnb.train.upgrade_checkpoint(path)") from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise ValueError(f"cannot resume: {path} is not a robustnb checkpoint (format {CKPT_FORMAT})")
-    old, new = ck["config"], _cfg_json(cfg)
-    diff = [f"{k}: {old.get(k)!r} in the checkpoint, {new[k]!r} now" for k in new
-            if k not in _NOT_COMPARED and old.get(k) != new[k]]
-    if diff: raise ValueError("cannot resume: the checkpoint was made with another configuration:\n  " + "\n  ".join(diff))
+    diff = _diff(ck["config"], _cfg_json(cfg))
+    if diff: raise ValueError("cannot resume: the checkpoint was made with another configuration: " + "; ".join(diff))
+    if cfg.epochs < ck["epoch"]:
+        raise ValueError(f"cannot resume: the checkpoint has finished {ck['epoch']} epochs, more than epochs={cfg.epochs}")
     return ck
+
+def upgrade_checkpoint(path: Union[str, Path]) -> Path:
+    "Rewrite a checkpoint of format 1 (pickled NumPy/Python RNG states) in the safe format; only for files you trust."
+    path = Path(path)
+    ck = torch.load(path, map_location="cpu", weights_only=False)  # executes whatever the pickle holds: trusted files only
+    if not isinstance(ck, dict) or ck.get("format") != "robustnb-checkpoint-1":
+        raise ValueError(f"{path} is not a robustnb checkpoint of format 1")
+    rng = ck["rng"]
+    ck.update(format=CKPT_FORMAT, rng=_rng_state_of(rng["python"], rng["numpy"], rng["torch"], rng.get("cuda")),
+              method=ck.get("method") or {}, resumes=[])
+    atomic_torch_save(ck, path)
+    return path
+
+def _stale_tmp_files(out: Path) -> List[Path]:
+    "Temporary files left by atomic writes that a kill interrupted (core.atomic_path's naming)."
+    return [p for p in out.glob(".*.tmp") if p.is_file()]
 
 def prepare_out_dir(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
     "Check `out_dir` before training: refuse another run's folder unless resume/overwrite; return a checkpoint to resume."
@@ -286,21 +404,42 @@ def prepare_out_dir(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
     present = [f for f in RUN_FILES + EVAL_FILES if (out / f).exists()]
     if cfg.resume:
         if (out / "checkpoint.pt").exists(): return load_checkpoint(out / "checkpoint.pt", cfg)
-        if present and not cfg.overwrite:
-            raise ValueError(f"cannot resume: {out} holds {', '.join(present)} but no checkpoint.pt; pass overwrite=True to replace it")
-        return None
+        if not present or cfg.overwrite: return None
+        hist = out / "history.jsonl"
+        if set(present) <= {"config.json", "history.jsonl"} and not (hist.exists() and hist.read_text().strip()):
+            try: old = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+            except ValueError: old = None
+            diff = None if old is None else _diff(old, _cfg_json(cfg))
+            if diff == []: return None  # killed before its first checkpoint: start it again
+            raise ValueError(f"cannot resume: {out} holds a run that stopped before its first checkpoint, with another "
+                             f"configuration ({'; '.join(diff) if diff else 'unreadable config.json'}); pass "
+                             "overwrite=True to replace it")
+        raise ValueError(f"cannot resume: {out} holds {', '.join(present)} but no checkpoint.pt; pass overwrite=True "
+                         "to replace it")
     if present and not cfg.overwrite:
         raise ValueError(f"out_dir {out} already holds a run ({', '.join(present)}): pass resume=True to continue it, "
                          "overwrite=True to replace it, or choose another out_dir")
     return None
 
-def _rng_state() -> Dict[str, Any]:
-    st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
-    if torch.cuda.is_available() and torch.cuda.is_initialized(): st["cuda"] = torch.cuda.get_rng_state_all()
+def _rng_state_of(py, npy, tch, cuda=None) -> Dict[str, Any]:
+    "RNG states as tensors and plain values (what `torch.load(weights_only=True)` accepts)."
+    version, state, gauss = py
+    kind, keys, pos, has_gauss, cached = npy
+    st = dict(python_version=int(version), python=torch.tensor(state, dtype=torch.int64), python_gauss=gauss,
+              numpy_kind=str(kind), numpy=torch.from_numpy(np.asarray(keys).astype(np.int64)), numpy_pos=int(pos),
+              numpy_has_gauss=int(has_gauss), numpy_cached=float(cached), torch=tch)
+    if cuda is not None: st["cuda"] = list(cuda)
     return st
 
+def _rng_state() -> Dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return _rng_state_of(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
 def _set_rng_state(st: Dict[str, Any]):
-    random.setstate(st["python"]); np.random.set_state(st["numpy"]); torch.set_rng_state(st["torch"])
+    random.setstate((st["python_version"], tuple(int(v) for v in st["python"].tolist()), st["python_gauss"]))
+    np.random.set_state((st["numpy_kind"], st["numpy"].numpy().astype(np.uint32), st["numpy_pos"], st["numpy_has_gauss"],
+                         st["numpy_cached"]))
+    torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
 
 # %% ../nbs/11_train.ipynb #c025
@@ -336,12 +475,20 @@ class RunResult:
     history: List[Dict[str, Any]]
     out_dir: Path
 
+def summary_line(cfg: TrainConfig, m: Dict[str, Any], out: Path) -> str:
+    "The last line of a run: clean accuracy and the headline, named."
+    return (f"{cfg.method} {cfg.dataset}/{cfg.arch}: clean {100 * m['clean_acc']:.2f} %, {headline_text(m['headline'])} "
+            f"(best epoch {m['best_epoch']}, {m['train_time_s']:.1f} s) -> {out}")
+
+class TrainingDiverged(RuntimeError):
+    "The training loss or the weights became NaN or infinite."
+
 def _augment(cfg: TrainConfig, info) -> Optional[str]:
     if cfg.augment == "none": return None
     if cfg.augment == "crop_flip": return "crop_flip"
     return "crop_flip" if tuple(info.shape) == (3, 32, 32) else None
 
-def _plot_curves(history: List[Dict[str, Any]], path: Path, title: str):
+def _plot_curves(history: List[Dict[str, Any]], path: Path, title: str, attack: str):
     from matplotlib.figure import Figure  # no pyplot: the caller's backend and open figures stay untouched
     ep = [h["epoch"] for h in history]
     fig = Figure(figsize=(9, 3.2))
@@ -349,131 +496,224 @@ def _plot_curves(history: List[Dict[str, Any]], path: Path, title: str):
     a1.plot(ep, [h["train_loss"] for h in history], "o-"); a1.set_xlabel("epoch"); a1.set_ylabel("train loss")
     ev = [h for h in history if h.get("val_clean_acc") is not None]
     a2.plot([h["epoch"] for h in ev], [100 * h["val_clean_acc"] for h in ev], "o-", label="clean (held-out)")
-    a2.plot([h["epoch"] for h in ev], [100 * h["val_robust_acc"] for h in ev], "s-", label="PGD (held-out)")
+    a2.plot([h["epoch"] for h in ev], [100 * h["val_robust_acc"] for h in ev], "s-", label=f"{attack} (held-out)")
     a2.plot(ep, [100 * h["train_acc"] for h in history], ":", label="train")
     a2.set_xlabel("epoch"); a2.set_ylabel("accuracy (%)"); a2.legend(fontsize=8)
     fig.suptitle(title, fontsize=10); fig.tight_layout()
     with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
 
+@dataclass
+class TrainState:
+    "What a run carries from one step of `fit` to the next."
+    cfg: TrainConfig
+    device: torch.device
+    dinfo: DistInfo
+    out: Path
+    data: Any # the robustnb.data.Dataset
+    model: nn.Module
+    step_model: nn.Module # the model the training step runs (compiled when cfg.compile)
+    method: Method
+    opt: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+    batches: Batches
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    lock: Optional[RunLock] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    start: int = 0 # epochs finished before this call (resume)
+    best: Dict[str, Any] = field(default_factory=lambda: dict(epoch=None, score=-1.0, state=None))
+    train_time: float = 0.0
+    resumes: List[Dict[str, Any]] = field(default_factory=list)
+    progress: bool = True
+
+    @property
+    def main(self) -> bool: return self.dinfo.is_main
+
 # %% ../nbs/11_train.ipynb #c028
-def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config); or give fields as keywords
-        progress: bool = True, # show tqdm progress bars
-        on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None, # called with each epoch's record, after its checkpoint
-        **overrides) -> RunResult:
-    "Train `cfg.method` on `cfg.dataset` with `cfg.arch`, writing the run directory `cfg.out_dir`."
-    cfg = make_config(**overrides) if cfg is None else validate(dataclasses.replace(cfg, **{k: _coerce(k, v) for k, v in overrides.items()}))
+def setup(cfg: TrainConfig, # a validated config
+          progress: bool = True, # show progress bars
+         ) -> TrainState:
+    "Step 1 of `fit`: data, the lock on out_dir, model, method, optimizer, and the checkpoint to resume from."
     device = get_device(cfg.device)
     dinfo = init_distributed(device)
     if dinfo.enabled and device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank); torch.cuda.set_device(device)
     if cfg.batch_size % dinfo.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {dinfo.world_size}")
-    ckpt = prepare_out_dir(cfg)  # every check that can fail is done before anything is written
-    out = Path(cfg.out_dir)
-
-    set_seed(cfg.seed)  # the model's initialization depends on the seed only
-    model = get_model(cfg.arch, dataset=dataset_info(cfg.dataset)).to(device)
-    data = get_data(cfg.dataset, root=cfg.root, device=device, val_size=cfg.eval_subset, seed=cfg.seed)
+    holder = RunLock.holder(cfg.out_dir) if dinfo.is_main else None
+    if holder: raise RunLocked(f"out_dir {cfg.out_dir} is in use by another run ({holder}): wait for it to finish, or "
+                               "choose another out_dir")
+    prepare_out_dir(cfg)  # fail early on a folder that holds another run (checked again under the lock)
+    data = get_data(cfg.dataset, root=cfg.root, device=device, val_size=cfg.eval_subset, seed=cfg.seed,
+                    download=cfg.download)
     x_tr, y_tr = data.x_train, data.y_train
     if cfg.max_train_samples: x_tr, y_tr = x_tr[:cfg.max_train_samples], y_tr[:cfg.max_train_samples]
     batches = Batches(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
                       augment=_augment(cfg, data.info), device=device, rank=dinfo.rank, world_size=dinfo.world_size)
-    if len(batches) == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(x_tr)} training examples")
-    if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
-    method = build_method(cfg)
-    opt = OPTIMIZERS.get(cfg.optimizer)(model.parameters(), cfg)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    step_model = torch.compile(model) if cfg.compile else model
-
-    history, start, best = [], 0, dict(epoch=None, score=-1.0, state=None)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"): scaler.load_state_dict(ckpt["scaler"])
-        history, start, best = ckpt["history"], ckpt["epoch"], ckpt["best"]
-        if ckpt.get("method") is not None: method.load_state_dict(ckpt["method"])
-        _set_rng_state(ckpt["rng"])
-    if dinfo.rank > 0:  # other random starts on every shard; rank 0 keeps the seeded (and checkpointed) stream
-        torch.manual_seed(cfg.seed + 7919 * dinfo.rank + 104729 * start)
-    broadcast_module(model)
-    if dinfo.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:
-            for f in RUN_FILES + EVAL_FILES: (out / f).unlink(missing_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(_cfg_json(cfg), indent=2))
-        atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-
-    x_val, y_val = (data.x_val, data.y_val) if data.x_val is not None else (data.x_test[:cfg.eval_subset], data.y_test[:cfg.eval_subset])
-    it_per_epoch = len(batches)
-    train_time = sum(h["epoch_time_s"] for h in history)
-    bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.method} {cfg.dataset}/{cfg.arch}", disable=not (progress and dinfo.is_main),
-               initial=start, total=cfg.epochs)
-    x_check, y_check = to_float(x_tr[:cfg.batch_size]), y_tr[:cfg.batch_size]
-    for epoch in bar:
-        batches.set_epoch(epoch)
-        epoch_stats = method.on_epoch_start(model, x_check, y_check, epoch) if hasattr(method, "on_epoch_start") else None
-        tot_loss, tot_correct, n = 0.0, 0, 0
-        with train_mode(model), Timer(device) as tm:
-            for i, (x, y) in enumerate(batches):
-                for g in opt.param_groups: g["lr"] = lr_at(cfg, epoch + i / it_per_epoch)
-                if cfg.channels_last and x.dim() == 4: x = x.contiguous(memory_format=torch.channels_last)
-                o = train_step(step_model, method, opt, x, y, cfg.amp, scaler, dinfo.world_size)
-                tot_loss += o.loss.item() * len(y); n += len(y)
-                if o.logits is not None: tot_correct += (o.logits.argmax(1) == y).sum().item()
-        if dinfo.enabled:  # every rank saw its own shard: sum the statistics
-            t = torch.tensor([tot_loss, tot_correct, n], dtype=torch.float64, device=device)
-            dist.all_reduce(t); tot_loss, tot_correct, n = t[0].item(), int(t[1].item()), int(t[2].item())
-        train_time += tm.elapsed
-        rec = dict(epoch=epoch + 1, lr=lr_at(cfg, epoch + 1 - 1e-9), train_loss=tot_loss / n, train_acc=tot_correct / n,
-                   val_clean_acc=None, val_robust_acc=None, epoch_time_s=tm.elapsed,
-                   images_per_s=n / tm.elapsed, grad_evals_per_sample=method.grad_evals, **(epoch_stats or {}))
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            if dinfo.is_main:
-                rec["val_clean_acc"] = accuracy(model, x_val, y_val)
-                rec["val_robust_acc"] = pgd_accuracy(model, x_val, y_val, cfg.threat, steps=cfg.eval_steps, seed=cfg.seed)
-                if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
-                    rec["hessian_top_eig"] = hessian_top_eigenvalue(model, to_float(x_val[:cfg.batch_size]), y_val[:cfg.batch_size],
-                                                                    loss=cfg.hessian_loss, seed=cfg.seed)
-                if rec["val_robust_acc"] > best["score"]:
-                    best = dict(epoch=epoch + 1, score=rec["val_robust_acc"],
-                                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        history.append(rec)
+    if len(batches) == 0: raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(x_tr)} training examples")
+    out = Path(cfg.out_dir)
+    lock = RunLock(out).acquire() if dinfo.is_main else None
+    try:
+        ckpt = prepare_out_dir(cfg) if dinfo.is_main else None  # under the lock: no other run can slip in between
+        set_seed(cfg.seed)  # the model's initialization depends on the seed only
+        model = get_model(cfg.arch, dataset=dataset_info(cfg.dataset)).to(device)
+        if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
+        method = build_method(cfg)
+        opt = OPTIMIZERS.get(cfg.optimizer)(model.parameters(), cfg)
+        scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        st = TrainState(cfg, device, dinfo, out, data, model, torch.compile(model) if cfg.compile else model, method, opt,
+                        scaler, batches, data.x_val, data.y_val, lock, progress=progress)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
+            if scaler is not None and ckpt.get("scaler"): scaler.load_state_dict(ckpt["scaler"])
+            st.history, st.start, st.best, st.resumes = ckpt["history"], ckpt["epoch"], ckpt["best"], ckpt["resumes"]
+            method.load_state_dict(ckpt["method"])
+            _set_rng_state(ckpt["rng"])
+            st.resumes.append(dict(at_epoch=ckpt["epoch"], epochs_before=ckpt["config"]["epochs"], epochs_after=cfg.epochs))
+        st.train_time = sum(h["epoch_time_s"] for h in st.history)
+        if dinfo.rank > 0:  # other random starts on every shard; rank 0 keeps the seeded (and checkpointed) stream
+            torch.manual_seed(cfg.seed + 7919 * dinfo.rank + 104729 * st.start)
+        broadcast_module(model)
         if dinfo.is_main:
-            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", clean=rec["val_clean_acc"], rob=rec["val_robust_acc"])
-            atomic_torch_save(dict(format=CKPT_FORMAT, config=_cfg_json(cfg), epoch=epoch + 1, model=model.state_dict(),
-                                   optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None,
-                                   best=best, history=history, rng=_rng_state(),
-                                   method=method.state_dict() if hasattr(method, "state_dict") else None),
-                              out / "checkpoint.pt")
-            atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        if on_epoch_end is not None: on_epoch_end(rec)
-        if dinfo.enabled: dist.barrier()
+            for p in _stale_tmp_files(out): p.unlink()  # left by a write that a kill interrupted
+            if ckpt is None:
+                for f in RUN_FILES + EVAL_FILES: (out / f).unlink(missing_ok=True)
+            atomic_write_text(out / "config.json", json.dumps(_cfg_json(cfg), indent=2))
+            atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in st.history))
+        return st
+    except BaseException:
+        if lock is not None: lock.release()
+        raise
 
-    if best["state"] is not None: model.load_state_dict(best["state"])
+def _diverged(st: TrainState, epoch: int, batch: int, what: str) -> TrainingDiverged:
+    last = st.history[-1]["epoch"] if st.history else None
+    kept = f"its last good checkpoint (epoch {last}) is kept in {st.out}" if last else "no epoch had finished, so there is no checkpoint"
+    return TrainingDiverged(f"training diverged: {what} at epoch {epoch + 1}, batch {batch + 1} of {len(st.batches)} "
+                            f"(lr {lr_at(st.cfg, epoch + batch / len(st.batches)):.4g}); the run stopped and {kept}. "
+                            "Lower lr, check weight_decay and the method's knobs, or train with amp off")
+
+def train_epoch(st: TrainState, # the run
+                epoch: int, # the epoch to train (0-based)
+               ) -> Dict[str, Any]:
+    "Step 2 of `fit`: one epoch of optimizer steps; returns the epoch's history record (before validation)."
+    cfg, device = st.cfg, st.device
+    st.batches.set_epoch(epoch)
+    x_check, y_check = to_float(st.batches.x[:cfg.batch_size]), st.batches.y[:cfg.batch_size]
+    hook = st.method.on_epoch_start(st.model, x_check, y_check, epoch) or {}
+    nb = len(st.batches)
+    tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, examples: read once per refresh
+    bad = torch.full((), -1, dtype=torch.long, device=device)  # index of the first batch with a non-finite loss
+    steps = torch.arange(nb, device=device)  # batch indices on the device: no host-to-device copy inside the loop
+    bar = tqdm(total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+               disable=not (st.progress and st.main))
+    t0 = refresh = time.perf_counter()
+    with train_mode(st.model), Timer(device) as tm:
+        for i, (x, y) in enumerate(st.batches):
+            for g in st.opt.param_groups: g["lr"] = lr_at(cfg, epoch + i / nb)
+            if cfg.channels_last and x.dim() == 4: x = x.contiguous(memory_format=torch.channels_last)
+            o = train_step(st.step_model, st.method, st.opt, x, y, cfg.amp, st.scaler, st.dinfo.world_size)
+            loss = o.loss.detach().double()
+            bad = torch.where((bad < 0) & ~torch.isfinite(loss), steps[i], bad)
+            correct = (o.logits.argmax(1) == y).sum().double() if o.logits is not None else loss.new_zeros(())
+            tot += torch.stack([loss * len(y), correct, loss.new_full((), float(len(y)))])
+            bar.update(1)
+            if time.perf_counter() - refresh > 2.0 or i == nb - 1:  # the only reads of device values inside the epoch
+                refresh = time.perf_counter()
+                b, (ls, _, nn_) = int(bad), tot.tolist()
+                if b >= 0: bar.close(); raise _diverged(st, epoch, b, "the training loss is not finite")
+                bar.set_postfix(loss=f"{ls / nn_:.4f}", img_s=f"{nn_ / max(refresh - t0, 1e-9):.0f}")
+    bar.close()
+    if not bool(torch.stack([p.detach().float().sum() for p in st.model.parameters()]).sum().isfinite()):
+        raise _diverged(st, epoch, nb - 1, "the weights are not finite")
+    if st.dinfo.enabled: dist.all_reduce(tot)  # every rank saw its own shard: sum the statistics
+    loss_sum, correct, n = tot.tolist()
+    st.train_time += tm.elapsed
+    return dict(epoch=epoch + 1, lr=lr_at(cfg, epoch + 1 - 1e-9), train_loss=loss_sum / n, train_acc=correct / n,
+                val_clean_acc=None, val_robust_acc=None, val_attack=None, epoch_time_s=tm.elapsed,
+                images_per_s=n / tm.elapsed, grad_evals_per_sample=st.method.grad_evals, planned_epochs=cfg.epochs, **hook)
+
+def validate_epoch(st: TrainState, rec: Dict[str, Any]):
+    "Step 3 of `fit`: held-out clean and `val_attack` accuracy, the input-Hessian log, and the best model so far."
+    cfg, epoch = st.cfg, rec["epoch"]
+    if not st.main or not (epoch % cfg.eval_every == 0 or epoch == cfg.epochs): return
+    res = evaluate(st.model, st.x_val, st.y_val, cfg.threat, ["clean", cfg.val_attack], seed=cfg.seed, checks=False,
+                   progress=False)
+    rec.update(val_clean_acc=res["clean"].accuracy, val_robust_acc=res[get_eval_attack(cfg.val_attack).name].accuracy,
+               val_attack=cfg.val_attack)
+    if cfg.hessian_every and epoch % cfg.hessian_every == 0:
+        rec["hessian_top_eig"] = hessian_top_eigenvalue(st.model, to_float(st.x_val[:cfg.batch_size]),
+                                                        st.y_val[:cfg.batch_size], loss=cfg.hessian_loss, seed=cfg.seed)
+    if rec["val_robust_acc"] > st.best["score"]:
+        st.best = dict(epoch=epoch, score=rec["val_robust_acc"],
+                       state={k: v.detach().cpu().clone() for k, v in st.model.state_dict().items()})
+
+def save_checkpoint(st: TrainState, rec: Dict[str, Any]):
+    "Step 4 of `fit`: the epoch's history line and everything needed to resume, atomically."
+    st.history.append(rec)
+    if not st.main: return
+    atomic_torch_save(dict(format=CKPT_FORMAT, config=_cfg_json(st.cfg), epoch=rec["epoch"], model=st.model.state_dict(),
+                           optimizer=st.opt.state_dict(), scaler=st.scaler.state_dict() if st.scaler else None,
+                           best=st.best, history=st.history, rng=_rng_state(), method=st.method.state_dict(),
+                           resumes=st.resumes), st.out / "checkpoint.pt")
+    atomic_write_text(st.out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in st.history))
+
+def finish(st: TrainState) -> RunResult:
+    "Step 5 of `fit`: the selected model on the test set, `model.pt`, `metrics.json` and `curves.png`."
+    cfg = st.cfg
+    if st.best["state"] is not None: st.model.load_state_dict(st.best["state"])
     metrics: Dict[str, Any] = {}
-    if dinfo.is_main:
-        x_te, y_te = data.x_test, data.y_test
+    if st.main:
+        x_te, y_te = st.data.x_test, st.data.y_test
         if cfg.test_subset: x_te, y_te = x_te[:cfg.test_subset], y_te[:cfg.test_subset]
+        res = evaluate(st.model, x_te, y_te, cfg.threat, ["clean", cfg.val_attack], seed=cfg.seed, checks=False,
+                       progress=False)
+        attack = get_eval_attack(cfg.val_attack).name
         metrics = dict(method=cfg.method, dataset=cfg.dataset, arch=cfg.arch, seed=cfg.seed, config=_cfg_json(cfg),
-                       train_time_s=train_time, grad_evals_per_sample=method.grad_evals,
-                       best_epoch=best["epoch"] or cfg.epochs, n_test=len(y_te),
-                       clean_acc=accuracy(model, x_te, y_te),
-                       robust_acc={f"pgd{cfg.eval_steps}": pgd_accuracy(model, x_te, y_te, cfg.threat, steps=cfg.eval_steps, seed=cfg.seed)})
-        atomic_torch_save(model.state_dict(), out / "model.pt")
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-        _plot_curves(history, out / "curves.png", f"{cfg.method} on {cfg.dataset}/{cfg.arch}, ε={cfg.eps:.4g} ({cfg.norm})")
-    if dinfo.enabled: dist.barrier()
-    return RunResult(model, metrics, history, out)
+                       train_time_s=st.train_time, grad_evals_per_sample=st.method.grad_evals,
+                       best_epoch=st.best["epoch"] or cfg.epochs, n_test=len(y_te), clean_acc=res["clean"].accuracy,
+                       robust_acc={attack: res[attack].accuracy}, headline=res.headline,
+                       headline_source="fit: the selection attack on the test set (replaced by the evaluation suite's "
+                                       "worst case when it runs)", resumes=st.resumes)
+        save_run_model(st.out / "model.pt", st.model, _cfg_json(cfg))
+        atomic_write_text(st.out / "metrics.json", json.dumps(metrics, indent=2))
+        _plot_curves(st.history, st.out / "curves.png", f"{cfg.method} on {cfg.dataset}/{cfg.arch}, ε={cfg.eps:.4g} "
+                     f"({cfg.norm})", get_eval_attack(cfg.val_attack).title)
+    return RunResult(st.model, metrics, st.history, st.out)
+
+def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config); or give fields as keywords
+        progress: bool = True, # show tqdm progress bars
+        on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None, # called with each epoch's record, after its checkpoint
+        **overrides) -> RunResult:
+    "Train `cfg.method` on `cfg.dataset` with `cfg.arch`, writing the run directory `cfg.out_dir`."
+    cfg = make_config(**overrides) if cfg is None else validate(dataclasses.replace(cfg, **{k: _coerce(k, v) for k, v in overrides.items()}))
+    st = setup(cfg, progress)
+    try:
+        bar = tqdm(range(st.start, cfg.epochs), desc=f"{cfg.method} {cfg.dataset}/{cfg.arch}", initial=st.start,
+                   total=cfg.epochs, disable=not (progress and st.main))
+        for epoch in bar:
+            rec = train_epoch(st, epoch)
+            validate_epoch(st, rec)
+            save_checkpoint(st, rec)
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", clean=rec["val_clean_acc"], rob=rec["val_robust_acc"])
+            if on_epoch_end is not None: on_epoch_end(rec)
+            if st.dinfo.enabled: dist.barrier()
+        result = finish(st)
+        if st.dinfo.enabled: dist.barrier()
+        return result
+    finally:
+        if st.lock is not None: st.lock.release()
 
 # %% ../nbs/11_train.ipynb #c038
 def evaluate_after_fit(run: RunResult, # what fit returned
                        cfg: TrainConfig, # the run's configuration
                        progress: bool = True, # show progress bars
                       ) -> Optional[EvalResult]:
-    "Run `cfg.eval_suite` on the selected model of `run` and write eval.json/eval.md (None when skipped or not rank 0)."
+    "Run `cfg.eval_suite` on the selected model of `run`, write eval.json/eval.md, make its worst case the run's headline."
     if cfg.eval_suite == "none" or not run.metrics: return None
-    return evaluate_run(run.out_dir, suite=cfg.eval_suite, n=cfg.test_subset or None, aa_subset=cfg.aa_subset or None,
-                        device=cfg.device, progress=progress)
+    res = evaluate_run(run.out_dir, suite=cfg.eval_suite, n=cfg.test_subset or None, aa_subset=cfg.aa_subset or None,
+                       device=cfg.device, progress=progress)
+    run.metrics.update(headline=res.headline, headline_source="eval.json")  # as evaluate_run wrote into metrics.json
+    return res
 
 # %% ../nbs/11_train.ipynb #c041
 def _field_docs() -> Dict[str, str]:
@@ -488,25 +728,31 @@ def build_parser() -> argparse.ArgumentParser:
     docs = _field_docs()
     for f in fields(TrainConfig):
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        flag = isinstance(f.default, bool)  # --resume alone means --resume true
         p.add_argument(*flags, dest=f.name, metavar=type(f.default).__name__.upper() if f.default is not None else "VALUE",
+                       nargs="?" if flag else None, const="true" if flag else None,
                        help=f"{docs.get(f.name, '')} (default: {f.default})")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return p
 
+def _error(e: BaseException) -> str:
+    "One line: the message with its line breaks folded."
+    return "; ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    "Entry point of `robustnb-train`."
+    "Entry point of `robustnb-train`: 0 when done, 2 for a user error (one line, no traceback), 1 when training diverged."
     args = vars(build_parser().parse_args(argv))
     quiet = args.pop("quiet")
-    try: cfg = make_config(**args)
-    except ValueError as e:
-        print(f"robustnb-train: error: {e}", file=sys.stderr); return 2
-    run = fit(cfg, progress=not quiet)
-    res = evaluate_after_fit(run, cfg, progress=not quiet)
+    try:
+        cfg = make_config(**args)
+        run = fit(cfg, progress=not quiet)
+        res = evaluate_after_fit(run, cfg, progress=not quiet)
+    except TrainingDiverged as e:
+        print(f"robustnb-train: error: {_error(e)}", file=sys.stderr); return 1
+    except (ValueError, OSError, RunLocked) as e:  # bad values, folders, checkpoints, data files, permissions
+        print(f"robustnb-train: error: {_error(e)}", file=sys.stderr); return 2
+    finally:
+        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     if res is not None: print(res.to_markdown())
-    if run.metrics:
-        m = run.metrics
-        rob = ", ".join(f"{k} {100 * v:.2f}%" for k, v in m["robust_acc"].items())
-        print(f"{cfg.method} {cfg.dataset}/{cfg.arch}: clean {100 * m['clean_acc']:.2f}%, {rob} "
-              f"(best epoch {m['best_epoch']}, {m['train_time_s']:.1f}s) -> {run.out_dir}")
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    if run.metrics: print(summary_line(cfg, run.metrics, run.out_dir))
     return 0

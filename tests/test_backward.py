@@ -155,7 +155,7 @@ def test_recipes_are_valid_configs_and_methods_train_end_to_end(tmp_path):
         assert m.grad_evals == {"bs": 4, "fast_at": 2, "fast_trades": 3}[cfg.method], name
     for name in METHOD_FACTORIES:
         cfg = T.make_config(method=name, dataset="digits", epochs=1, steps=1 if name != "fast_at_plus" else 3,
-                            eps=0.1, eval_subset=64, eval_steps=3, test_subset=64, max_train_samples=256,
+                            eps=0.1, eval_subset=64, val_attack="pgd3", test_subset=64, max_train_samples=256,
                             out_dir=str(tmp_path / name))
         run = T.fit(cfg, progress=False)
         assert run.metrics["grad_evals_per_sample"] == T.build_method(cfg).grad_evals
