@@ -20,7 +20,8 @@ from .core import Registry
 # %% auto #0
 __all__ = ['MODELS', 'Normalize', 'NormalizedModel', 'num_params', 'has_batchnorm', 'LinearModel', 'MLP', 'SmallCNN', 'LeNet5',
            'BasicBlock', 'Bottleneck', 'ResNet', 'ResNet18', 'ResNet50', 'PreActBlock', 'PreActResNet18', 'CifarResNet',
-           'ResNet20', 'WideBasic', 'WideResNet', 'wrn_34_10', 'wrn_28_10', 'get_model', 'param_table']
+           'ResNet20', 'WideBasic', 'WideResNet', 'wrn_34_10', 'wrn_28_10', 'Conv2dSame', 'MadryUnit',
+           'MadryWideResNet', 'wrn_28_10_madry', 'get_model', 'param_table']
 
 # %% ../nbs/02_models.ipynb #c005
 def _as_stats(v, what: str) -> Tuple[float, ...]:
@@ -467,6 +468,86 @@ def wrn_28_10(in_channels: int = 3, num_classes: int = 10, input_size=None, drop
     "WRN-28-10 (arXiv:1605.07146), ~36.5M parameters."
     return WideResNet(in_channels, num_classes, input_size, depth=28, widen_factor=10, dropout=dropout)
 
+# %% ../nbs/02_models.ipynb #c5b0
+def _same_pad(n: int, k: int, s: int) -> Tuple[int, int]:
+    "TensorFlow 'SAME' padding (before, after) along one axis of length n, kernel k, stride s."
+    total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+class Conv2dSame(nn.Conv2d):
+    "A 2-D convolution with TensorFlow's 'SAME' padding (the odd pixel goes bottom/right); no bias by default."
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, bias=bias)
+
+    def forward(self, x):
+        (h0, h1), (w0, w1) = (_same_pad(n, k, s) for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride))
+        if h0 == h1 and w0 == w1: return F.conv2d(x, self.weight, self.bias, self.stride, (h0, w0))
+        return F.conv2d(F.pad(x, (w0, w1, h0, h1)), self.weight, self.bias, self.stride)
+
+class MadryUnit(nn.Module):
+    "A residual unit of Madry et al.'s CIFAR-10 WideResNet: (BN, leaky ReLU, conv) twice; option-A shortcut."
+    def __init__(self, in_planes: int, out_planes: int, stride: int,
+                 activate_before_residual: bool, # the shortcut starts after the first BN + activation
+                 leak: float = 0.1, # slope of the leaky ReLU
+                 bn_eps: float = 1e-3, # tf.contrib.layers.batch_norm's default epsilon
+                 bn_momentum: float = 0.1): # 1 − TensorFlow's decay 0.9
+        super().__init__()
+        if (out_planes - in_planes) % 2 or out_planes < in_planes:
+            raise ValueError(f"the zero-padded shortcut needs out_planes >= in_planes with an even difference, got {in_planes} -> {out_planes}")
+        self.in_planes, self.out_planes, self.stride, self.leak = in_planes, out_planes, stride, leak
+        self.activate_before_residual = activate_before_residual
+        self.init_bn = nn.BatchNorm2d(in_planes, eps=bn_eps, momentum=bn_momentum)
+        self.conv1 = Conv2dSame(in_planes, out_planes, 3, stride)
+        self.bn2 = nn.BatchNorm2d(out_planes, eps=bn_eps, momentum=bn_momentum)
+        self.conv2 = Conv2dSame(out_planes, out_planes, 3, 1)
+
+    def forward(self, x):
+        o = F.leaky_relu(self.init_bn(x), self.leak)
+        orig = o if self.activate_before_residual else x
+        out = self.conv2(F.leaky_relu(self.bn2(self.conv1(o)), self.leak))
+        if self.in_planes != self.out_planes:
+            p = (self.out_planes - self.in_planes) // 2
+            orig = F.pad(F.avg_pool2d(orig, self.stride, self.stride), (0, 0, 0, 0, p, p))
+        return out + orig
+
+class MadryWideResNet(nn.Module):
+    "Madry et al.'s cifar10_challenge WideResNet (arXiv:1706.06083), the 'WRN-28-10' of Bilateral AT (arXiv:1811.10716)."
+    def __init__(self,
+                 in_channels: int = 3, # image channels
+                 num_classes: int = 10, # number of logits
+                 input_size=None, # accepted for a uniform signature; H and W must be divisible by 4
+                 widen_factor: int = 10, # stages have 16k, 32k, 64k channels
+                 units: int = 5, # residual units per stage (the official code: 5)
+                 leak: float = 0.1): # slope of the leaky ReLU
+        super().__init__()
+        _check_counts(in_channels, num_classes)
+        for nm, v in (("widen_factor", widen_factor), ("units", units)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{nm} must be a positive int, got {v!r}")
+        if not 0.0 <= leak < 1.0: raise ValueError(f"leak must be in [0, 1), got {leak!r}")
+        filters = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.leak = leak
+        self.init_conv = Conv2dSame(in_channels, filters[0], 3, 1)
+        layers = OrderedDict()
+        for s, (stride, abr) in enumerate(zip((1, 2, 2), (True, False, False))):
+            for i in range(units):
+                layers[f"unit_{s + 1}_{i}"] = MadryUnit(filters[s] if i == 0 else filters[s + 1], filters[s + 1],
+                                                        stride if i == 0 else 1, abr and i == 0, leak)
+        self.units = nn.Sequential(layers)
+        self.final_bn = nn.BatchNorm2d(filters[3], eps=1e-3, momentum=0.1)
+        self.logit = nn.Linear(filters[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d): nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+        bound = math.sqrt(3.0 / filters[3])
+        nn.init.uniform_(self.logit.weight, -bound, bound); nn.init.zeros_(self.logit.bias)
+
+    def forward(self, x):
+        out = F.leaky_relu(self.final_bn(self.units(self.init_conv(x))), self.leak)
+        return self.logit(out.mean((2, 3)))
+
+def wrn_28_10_madry(in_channels: int = 3, num_classes: int = 10, input_size=None) -> MadryWideResNet:
+    "The Madry cifar10_challenge WideResNet as used by Bilateral AT (arXiv:1811.10716), 45.90M parameters."
+    return MadryWideResNet(in_channels, num_classes, input_size)
+
 # %% ../nbs/02_models.ipynb #c039
 MODELS = Registry("model")
 for _name, _ctor in [("linear", LinearModel), ("mlp", MLP), ("smallcnn", SmallCNN), ("lenet5", LeNet5),
@@ -531,6 +612,9 @@ def get_model(name: str, # a name in `MODELS` ('smallcnn', 'wrn-34-10', ...)
     config = dict(name=key, in_channels=in_channels, num_classes=num_classes, input_size=size,
                   mean=mean, std=std, **kw)
     return NormalizedModel(normalize, body, config)
+
+# %% ../nbs/02_models.ipynb #ca24
+MODELS.register("wrn-28-10-madry", obj=wrn_28_10_madry)
 
 # %% ../nbs/02_models.ipynb #c054
 def param_table(specs: Sequence[Tuple[str, int, int, Any]], # (name, in_channels, num_classes, input_size) rows

@@ -16,7 +16,7 @@ from .attacks import pgd
 
 # %% auto #0
 __all__ = ['METHOD_FACTORIES', 'RECIPES', 'PGDAT', 'trades_kl', 'trades_loss', 'repeat_batch', 'trades_output', 'TRADES',
-           'trades_reference_loss']
+           'trades_reference_loss', 'mart_attack', 'mart_terms', 'mart_loss', 'MART']
 
 # %% ../nbs/04_trades.ipynb #c005
 class PGDAT(Method):
@@ -148,3 +148,98 @@ def trades_reference_loss(model: nn.Module, # the model (left in train mode, as 
     loss_natural = F.cross_entropy(logits, y)
     loss_robust = (1.0 / len(x)) * kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
     return loss_natural + beta * loss_robust, x_adv
+
+# %% ../nbs/04_trades.ipynb #c076
+from .core import Norm, check_float, check_int
+from .attacks import steepest_direction
+
+# %% ../nbs/04_trades.ipynb #c66e
+def mart_attack(model: nn.Module, # returns logits; used in the caller's mode (MART: eval)
+                x: torch.Tensor, # clean inputs in the box
+                y: torch.Tensor, # labels
+                threat: ThreatModel, # norm, ε, box
+                steps: int = 10, # CE ascent steps
+                alpha: float = 0.007, # step size (official: 0.007 at ε = 0.031)
+                init_std: float = 0.001, # σ of the Gaussian start, not clipped before the first step
+               ) -> torch.Tensor:
+    "MART's inner maximization as in the official mart.py: x + σN(0,1), CE sign steps, projection, clamp (Wang et al., ICLR 2020)."
+    x, y = x.detach(), y.detach()
+    lo, hi = threat.box
+    x_adv = x + init_std * torch.randn(x.shape, device=x.device, dtype=x.dtype)
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_ce = F.cross_entropy(model(x_adv), y)
+        grad = torch.autograd.grad(loss_ce, [x_adv])[0]
+        if threat.norm is Norm.Linf:
+            x_adv = x_adv.detach() + alpha * torch.sign(grad.detach())
+            x_adv = torch.min(torch.max(x_adv, x - threat.eps), x + threat.eps)
+            x_adv = torch.clamp(x_adv, lo, hi)
+        else:
+            x_adv = threat.project(x_adv.detach() + alpha * steepest_direction(grad.detach(), threat.norm), x)
+    return torch.clamp(x_adv, lo, hi).detach()
+
+def mart_terms(logits: torch.Tensor, # clean logits f(x) (with a graph)
+               logits_adv: torch.Tensor, # adversarial logits f(x') (with a graph)
+               y: torch.Tensor, # labels
+              ) -> tuple: # (boosted CE on x', misclassification-weighted KL)
+    "The two terms of MART's loss with the official constants and ŷ rule (Wang et al., ICLR 2020, mart.py)."
+    logits, logits_adv = logits.float(), logits_adv.float()
+    adv_probs = F.softmax(logits_adv, dim=1)
+    tmp1 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    new_y = torch.where(tmp1[:, -1] == y, tmp1[:, -2], tmp1[:, -1])
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), new_y)
+    nat_probs = F.softmax(logits, dim=1)
+    true_probs = torch.gather(nat_probs, 1, (y.unsqueeze(1)).long()).squeeze(1)
+    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none")
+    loss_robust = (1.0 / len(y)) * torch.sum(torch.sum(kl, dim=1) * (1.0000001 - true_probs))
+    return loss_adv, loss_robust
+
+def mart_loss(logits: torch.Tensor, # clean logits f(x)
+              logits_adv: torch.Tensor, # adversarial logits f(x')
+              y: torch.Tensor, # labels
+              beta: float, # weight of the KL term
+             ) -> torch.Tensor:
+    "BCE(p', y) + β·KL(p ‖ p')·(1 − p_y), MART's outer loss (Wang et al., ICLR 2020)."
+    loss_adv, loss_robust = mart_terms(logits, logits_adv, y)
+    return loss_adv + float(beta) * loss_robust
+
+class MART(Method):
+    "MART: boosted CE on a PGD point plus a KL term weighted by the clean misclassification 1 − p_y (Wang et al., ICLR 2020)."
+    name, knob_prefix = "mart", "mart"
+    def __init__(self, threat: ThreatModel, # norm, ε, box
+                 steps: int = 10, # CE ascent steps of the attack
+                 alpha: Optional[float] = None, # step size (None: 2.5·ε/steps; official CIFAR-10: 0.007)
+                 beta: float = 6.0, # weight of the KL term (official: 6 for WRN-34-10, 5 for ResNet-18)
+                 init_std: float = 1e-3, # σ of the Gaussian start (official: 0.001)
+                ):
+        self.threat = threat
+        self.steps = check_int("steps", steps, 1)
+        alpha = check_float("alpha", alpha, 0.0, lo_open=True, allow_none=True)
+        self.alpha = 2.5 * threat.eps / self.steps if alpha is None else alpha
+        self.beta = check_float("beta", beta, 0.0)
+        self.init_std = check_float("init_std", init_std, 0.0)
+        self.grad_evals = self.steps + 2
+
+    def inner(self, model, x, y):
+        with eval_mode(model):
+            return Adversarial(mart_attack(model, x, y, self.threat, self.steps, self.alpha, self.init_std))
+
+    def outer(self, model, x, y, adv):
+        logits = model(x)
+        logits_adv = model(adv.x_adv)
+        loss_adv, loss_robust = mart_terms(logits, logits_adv, y)
+        return MethodOutput(loss_adv + self.beta * loss_robust, logits=logits, x_adv=adv.x_adv,
+                            stats=dict(loss_adv=loss_adv.item(), loss_robust=loss_robust.item()))
+
+# %% ../nbs/04_trades.ipynb #c1b4
+RECIPES.update({
+    # MART, CIFAR-10 WRN-34-10 (Wang et al., ICLR 2020; official train_wideresnet.py: beta 6, lr 0.1, wd 7e-4, 90 epochs)
+    "mart_cifar10_wrn34": dict(method="mart", dataset="cifar10", arch="wrn-34-10", eps=0.031, alpha=0.007, steps=10,
+                               beta=6.0, mart_init_std=0.001, lr=0.1, momentum=0.9, weight_decay=7e-4, epochs=90,
+                               batch_size=128, schedule="epochs", milestones=(74, 89), augment="crop_flip"),
+    # MART, CIFAR-10 ResNet-18 (official train_resnet.py: beta 5, lr 0.01, wd 3.5e-3, 120 epochs)
+    "mart_cifar10_rn18": dict(method="mart", dataset="cifar10", arch="resnet18", eps=0.031, alpha=0.007, steps=10,
+                              beta=5.0, mart_init_std=0.001, lr=0.01, momentum=0.9, weight_decay=3.5e-3, epochs=120,
+                              batch_size=128, schedule="epochs", milestones=(74, 89, 99), augment="crop_flip"),
+})

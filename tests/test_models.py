@@ -11,7 +11,7 @@ from robustnb.models import (MODELS, LeNet5, Normalize, NormalizedModel, SmallCN
                              has_batchnorm, num_params)
 
 ALL_NAMES = ["lenet5", "linear", "mlp", "preactresnet18", "resnet18", "resnet20", "resnet50", "smallcnn",
-             "wideresnet", "wrn-28-10", "wrn-34-10"]
+             "wideresnet", "wrn-28-10", "wrn-28-10-madry", "wrn-34-10"]
 NO_BN = {"linear", "mlp", "smallcnn", "lenet5"}
 # (in_channels, num_classes, input_size, extra kwargs) each model is checked on (the biggest on small images: CPU time)
 CASES = {
@@ -25,6 +25,7 @@ CASES = {
     "resnet20": [(3, 10, 32, {}), (1, 10, 8, {})],
     "wideresnet": [(3, 10, 32, dict(depth=16, widen_factor=4, dropout=0.3))],
     "wrn-28-10": [(3, 10, 8, {})],
+    "wrn-28-10-madry": [(3, 10, 8, {})],
     "wrn-34-10": [(3, 10, 16, {})],
 }
 
@@ -127,7 +128,7 @@ def test_dataset_argument():
 
 
 def test_unknown_names_and_bad_arguments():
-    with pytest.raises(ValueError, match="allowed are .*resnet20.*wrn-28-10, wrn-34-10"):
+    with pytest.raises(ValueError, match="allowed are .*resnet20.*wrn-28-10, wrn-28-10-madry, wrn-34-10"):
         get_model("vgg16", in_channels=3, num_classes=10)
     with pytest.raises(ValueError, match="num_classes must be given when no dataset"):
         get_model("resnet18", in_channels=3)
