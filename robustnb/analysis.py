@@ -102,7 +102,7 @@ def adversarial_loss(x: torch.Tensor, # inputs in [0,1]
         return total / len(x)
     return fn
 
-# %% ../nbs/10c_analysis.ipynb #c017
+# %% ../nbs/10c_analysis.ipynb #c018
 def plot_landscape_1d(alphas: Sequence[float], # the coordinates along the direction
                       curves: Dict[str, Sequence[float]], # name -> loss values, one per alpha
                       ax=None, # a matplotlib Axes (None: a new figure)

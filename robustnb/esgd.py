@@ -309,7 +309,7 @@ class EntropySGD(torch.optim.Optimizer):
         for g in self.param_groups: g["t"] += 1
         return loss
 
-# %% ../nbs/07_esgd.ipynb #c055
+# %% ../nbs/07_esgd.ipynb #c057
 def awp_weights(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
     "The parameters AWP perturbs: conv and linear weights ('weight' in the name, ndim > 1), as the official diff_in_weights."
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1 and "weight" in n]
@@ -341,7 +341,7 @@ class AWP:
         self.gamma = check_float("gamma", gamma, lo=0)
         self.warmup = check_int("warmup", warmup, lo=0)
         self.proxy_lr = check_float("proxy_lr", proxy_lr, lo=0, lo_open=True)
-        self.epoch, self.outer_evals = 0, 1
+        self.epoch, self.outer_evals = 0, None
 
     def bind(self, method: Method) -> "AWP":
         "Take from `method` the cost of one evaluation of its outer loss (for `grad_evals`); returns self."
@@ -353,10 +353,13 @@ class AWP:
 
     @property
     def grad_evals(self) -> int:
-        "Extra forward+backward passes per sample that one perturbation costs (0 while inactive)."
-        return self.outer_evals if self.active else 0
+        "Extra forward+backward passes per sample that one perturbation costs (0 while inactive); needs `bind(method)`."
+        if not self.active: return 0
+        if self.outer_evals is None: raise ValueError("AWP.grad_evals depends on the method: call awp.bind(method) first")
+        return self.outer_evals
 
-    def on_epoch_start(self, epoch: int) -> Dict[str, Any]:
+    def on_epoch_start(self, epoch: int, # the epoch about to start (0-based)
+                      ) -> Dict[str, Any]: # numbers for the epoch's history record
         "Tell the perturbation which epoch (0-based) starts: it is inactive before `warmup`."
         self.epoch = check_int("epoch", epoch, lo=0)
         return {"awp_active": self.active}
@@ -392,7 +395,8 @@ class AWP:
             for p, d in zip(params, deltas): p.add_(d)
         return AWPToken(params, deltas, originals)
 
-    def restore(self, model: nn.Module, token: Optional[AWPToken]):
+    def restore(self, model: nn.Module, # the model that `perturb` moved
+                token: Optional[AWPToken]): # what `perturb` returned
         "Remove the perturbation: subtract it, or copy the saved weights back when nothing changed them since `perturb`."
         if token is None: return
         with torch.no_grad():
@@ -405,7 +409,7 @@ class AWP:
     def load_state_dict(self, state: Dict[str, Any]): self.epoch = check_int("epoch", state["epoch"], lo=0)
     def __repr__(self): return f"AWP(gamma={self.gamma}, warmup={self.warmup}, proxy_lr={self.proxy_lr}, epoch={self.epoch})"
 
-# %% ../nbs/07_esgd.ipynb #c057
+# %% ../nbs/07_esgd.ipynb #c061
 def composed_step(model: nn.Module, # the model being trained (in train mode)
                   method: Method, # the training loss: inner maximization + outer loss
                   optimizer: torch.optim.Optimizer, # torch.optim.SGD-like, or a closure optimizer with `closure_calls`
@@ -431,7 +435,7 @@ def composed_step(model: nn.Module, # the model being trained (in train mode)
     if perturbation is not None: perturbation.restore(model, token)
     return loss
 
-# %% ../nbs/07_esgd.ipynb #c069
+# %% ../nbs/07_esgd.ipynb #c073
 OPTIMIZER_CLASSES = {"entropy_sgd": EntropySGD} # closure optimizers of this notebook, by name
 PERTURBATION_CLASSES = {"awp": AWP} # weight perturbations of this notebook, by name
 
