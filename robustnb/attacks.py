@@ -16,10 +16,11 @@ from torch import nn
 from .core import ExampleRNG, Norm, Registry, ThreatModel, batch_view, check_batch, eval_mode
 
 # %% auto #0
-__all__ = ['LOSSES', 'START_MODES', 'SCHEDULES', 'Generator', 'TARGET_MODES', 'ATTACKS', 'ce_loss', 'cw_loss', 'kl_loss',
-           'get_loss', 'most_confusing_class', 'check_inputs', 'steepest_direction', 'pgd', 'linear_binary', 'Attack',
-           'random_wrong_class', 'PGD', 'FGSM', 'MIFGSM', 'deepfool', 'DeepFool', 'cw_l2', 'CWL2', 'RaySResult', 'rays',
-           'RayS', 'adbd', 'get_attack']
+__all__ = ['LOSSES', 'START_MODES', 'SCHEDULES', 'Generator', 'TARGET_MODES', 'ATTACKS', 'LANGEVIN_PROJECT',
+           'LANGEVIN_DIRECTIONS', 'ce_loss', 'cw_loss', 'kl_loss', 'get_loss', 'most_confusing_class', 'check_inputs',
+           'steepest_direction', 'pgd', 'linear_binary', 'Attack', 'random_wrong_class', 'PGD', 'FGSM', 'MIFGSM',
+           'deepfool', 'DeepFool', 'cw_l2', 'CWL2', 'RaySResult', 'rays', 'RayS', 'adbd', 'get_attack',
+           'langevin_start', 'langevin_direction', 'langevin_samples', 'ATENTAttack']
 
 # %% ../nbs/03_attacks.ipynb #c005
 def ce_loss(logits: torch.Tensor, y: torch.Tensor, ref: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -683,3 +684,115 @@ def get_attack(name: str, # a registered name: fgsm, pgd, mifgsm, deepfool, cw, 
                **kw) -> Attack:
     "Build the attack registered under `name`."
     return ATTACKS.get(name)(model, threat, **kw)
+
+# %% ../nbs/03_attacks.ipynb #lgv01
+from .core import check_choice, check_float, check_int
+
+LANGEVIN_PROJECT = ("last", "every", "never") # when the Langevin chain is projected onto the ε-ball
+LANGEVIN_DIRECTIONS = ("auto", "sign", "normalized", "raw") # the gradient direction of a Langevin step
+
+def langevin_start(x: torch.Tensor, # clean inputs (N, ...)
+                   threat: ThreatModel, # norm, ε and box
+                   start_noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like, # standard normal draws shaped like its argument
+                   clamp: bool = True, # clamp the start to the box (the authors' code does not)
+                  ) -> torch.Tensor:
+    "ATENT's start (Jagatap et al., arXiv 2008.12338): Linf x + ε·sign(N); L2 x + N shrunk onto the ε-sphere when ‖N‖₂ > ε."
+    n = start_noise(x)
+    if threat.norm is Norm.Linf: d = threat.eps * n.sign()
+    else: d = n * batch_view((threat.eps / n.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0), n)
+    return (x + d).clamp(*threat.box) if clamp else x + d
+
+def langevin_direction(g: torch.Tensor, # a batch of input gradients
+                       norm: Norm, # the threat model's norm (for 'auto')
+                       direction: str = "auto", # 'auto' (sign for Linf, per-example normalized for L2), 'sign', 'normalized' or 'raw'
+                      ) -> torch.Tensor:
+    "The step direction s(g) of a Langevin step; the L2 normalization divides by max(‖g‖₂, 1e-12)."
+    if direction == "auto": return steepest_direction(g, norm)
+    if direction == "sign": return g.sign()
+    if direction == "normalized": return steepest_direction(g, Norm.L2)
+    return g
+
+# %% ../nbs/03_attacks.ipynb #lgv04
+def langevin_samples(model: nn.Module, # returns logits; used in the caller's mode (ATENT trains with eval or train mode)
+                     x: torch.Tensor, # clean inputs (N, ...) in the box
+                     y: torch.Tensor, # labels (N,)
+                     threat: ThreatModel, # norm, ε and box
+                     steps: int = 10, # K, the number of Langevin steps (= iterates returned)
+                     alpha: Optional[float] = None, # step size η' (None: 2.5·ε/K)
+                     gamma: float = 0.0, # pull γ toward x per step, in [0, 1] (the code's L2 value: 0.05; γ = η'·γ_paper)
+                     noise_scale: float = 1e-3, # ε of the noise term ε·√(2η')·N (the code's `ep`)
+                     project: str = "last", # ε-ball projection: 'last' (Alg. 2, CIFAR code), 'every' (MNIST code) or 'never' (CIFAR L2 code)
+                     direction: str = "auto", # 'auto' (sign for Linf, normalized for L2), 'sign', 'normalized' or 'raw' (paper Eq. 8)
+                     loss: Union[str, Callable] = "ce", # 'ce', 'cw' or a callable (logits, y, ref) -> per-example loss
+                     noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like, # standard normal draws shaped like its argument
+                     start_noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like, # the same, for the start
+                     start: Optional[torch.Tensor] = None, # continue a chain from this point instead of a random start
+                     clamp_start: bool = True, # clamp the random start to the box (the code does not)
+                     return_losses: bool = False, # also return the (K, N) per-example losses at the iterates
+                    ):
+    "SGLD in input space, ATENT's sampler (Jagatap et al., arXiv 2008.12338): the K iterates (K, N, ...), detached."
+    steps = check_int("steps", steps, lo=1)
+    alpha = 2.5 * threat.eps / steps if alpha is None else check_float("alpha", alpha, lo=0)
+    gamma = check_float("gamma", gamma, lo=0, hi=1)
+    noise_scale = check_float("noise_scale", noise_scale, lo=0)
+    check_choice("project", project, LANGEVIN_PROJECT)
+    check_choice("direction", direction, LANGEVIN_DIRECTIONS)
+    lossf = get_loss(loss)
+    x, y = x.detach(), y.detach()
+    xp = langevin_start(x, threat, start_noise, clamp_start) if start is None else start.detach()
+    sd = noise_scale * math.sqrt(2 * alpha)
+    iterates, losses = [], []
+    for k in range(steps):
+        xg = xp.clone().requires_grad_(True)
+        with torch.enable_grad():
+            obj = lossf(model(xg), y, None)
+            g, = torch.autograd.grad(obj.sum(), [xg])
+        if return_losses and k > 0: losses.append(obj.detach())  # the loss at x'_k is that of step k+1's forward
+        xn = xp + alpha * langevin_direction(g, threat.norm, direction)
+        if gamma: xn = xn + gamma * (x - xp)
+        xn = xn + sd * noise(xp)
+        if project == "every" or (project == "last" and k == steps - 1): xn = threat.project(xn, x)
+        else: xn = xn.clamp(*threat.box)
+        xp = xn.detach()
+        iterates.append(xp)
+    xs = torch.stack(iterates)
+    if not return_losses: return xs
+    with torch.no_grad(): losses.append(lossf(model(xp), y, None).detach())
+    return xs, torch.stack(losses)
+
+# %% ../nbs/03_attacks.ipynb #lgv18
+class ATENTAttack(Attack):
+    "ATENT's Langevin sampler used as an attack: the last iterate, projected into the threat model (arXiv 2008.12338)."
+    name = "atent"
+    def __init__(self, model: nn.Module, # returns logits
+                 threat: Optional[ThreatModel] = None, # the threat model (or norm= and eps=)
+                 *, norm: Union[str, Norm] = "Linf", # norm, when `threat` is not given
+                 eps: Optional[float] = None, # radius, when `threat` is not given
+                 steps: int = 20, # Langevin steps K (the authors' attack: 20)
+                 alpha: Optional[float] = None, # step size η' (None: 2.5·ε/K; the authors' CIFAR-10 attack: 0.003)
+                 gamma: float = 0.0, # pull toward x per step, in [0, 1]
+                 noise: float = 1e-3, # noise scale ε_noise of ε_noise·√(2η')·N (the authors': 1e-3)
+                 project: str = "last", # 'last', 'every' or 'never' (then only the returned point is projected)
+                 direction: str = "auto", # 'auto', 'sign', 'normalized' or 'raw'
+                 loss: str = "ce", # 'ce' or 'cw'
+                 seed: int = 0): # seeds the start and the noise at every call
+        super().__init__(model, threat, norm=norm, eps=eps, seed=seed)
+        self.steps = check_int("steps", steps, lo=1)
+        self.alpha = 2.5 * self.threat.eps / self.steps if alpha is None else check_float("alpha", alpha, lo=0)
+        self.gamma, self.noise = check_float("gamma", gamma, lo=0, hi=1), check_float("noise", noise, lo=0)
+        self.project = check_choice("project", project, LANGEVIN_PROJECT)
+        self.direction = check_choice("direction", direction, LANGEVIN_DIRECTIONS)
+        self.loss = loss if callable(loss) else str(loss).lower()
+        if getattr(get_loss(self.loss), "needs_ref", False): raise ValueError("ATENTAttack needs the 'ce' or 'cw' loss, not 'kl'")
+
+    def perturb(self, x, y, target, generator):
+        if target is not None: raise ValueError("ATENTAttack is untargeted: call it as attack(x, y)")
+        draw = lambda t: torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+        xs = langevin_samples(self.model, x, y, self.threat, steps=self.steps, alpha=self.alpha, gamma=self.gamma,
+                              noise_scale=self.noise, project=self.project, direction=self.direction, loss=self.loss,
+                              noise=draw, start_noise=draw)
+        return self.threat.project(xs[-1], x)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.threat.norm.value}, eps={self.threat.eps:.4g}, steps={self.steps}, "
+                f"alpha={self.alpha:.4g}, gamma={self.gamma:.4g}, noise={self.noise:.4g}, project={self.project!r})")
