@@ -105,7 +105,7 @@ def check_inputs(model: nn.Module, # returns logits
     "Refuse what an attack cannot be honest about: NaN, values outside `box`, labels that are not classes of `model`."
     check_batch(x, y, box)
     if y.is_floating_point() or y.dtype == torch.bool: raise ValueError(f"y must hold integer classes, got {y.dtype}")
-    with eval_mode(model), torch.no_grad(): k = model(x[:1].detach().float()).shape[1]  # eval: no BN update
+    with eval_mode(model), torch.no_grad(): k = model(x[:1].detach()).shape[1]  # eval: no BN update
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= k:
         raise ValueError(f"labels must be classes of the model, in [0, {k}) for its {k} outputs; got labels in [{lo}, {hi}]")
@@ -265,6 +265,7 @@ class Attack:
         raise NotImplementedError(f"{type(self).__name__} must implement perturb(x, y, target, generator)")
 
     def _prepare(self, x, y, index=None):
+        if torch.is_tensor(x) and x.is_floating_point(): x = x.detach().to(torch.float32)  # attacks run in fp32
         check_inputs(self.model, x, y, self.box)
         if index is None: index = torch.arange(len(x), device=x.device)
         elif not torch.is_tensor(index) or index.shape != (len(x),):
@@ -787,7 +788,8 @@ class ATENTAttack(Attack):
 
     def perturb(self, x, y, target, generator):
         if target is not None: raise ValueError("ATENTAttack is untargeted: call it as attack(x, y)")
-        draw = lambda t: torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+        calls = iter(range(generator.stream, generator.stream + 10**9))  # one stream per draw: start, then each step
+        draw = lambda t: generator.at(next(calls)).normal(t)
         xs = langevin_samples(self.model, x, y, self.threat, steps=self.steps, alpha=self.alpha, gamma=self.gamma,
                               noise_scale=self.noise, project=self.project, direction=self.direction, loss=self.loss,
                               noise=draw, start_noise=draw)
