@@ -12,14 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Adversarial, Method, MethodOutput, ThreatModel, batch_view, eval_mode
+from .core import (Adversarial, Method, MethodOutput, ThreatModel, batch_view, check_float, check_int,
+                           eval_mode)
 from .attacks import get_loss, pgd, steepest_direction
 from .trades import PGDAT, TRADES, repeat_batch, trades_output
 
 # %% auto #0
-__all__ = ['METHOD_FACTORIES', 'RECIPES', 'output_target', 'target_grad', 'target_step', 'backward_smoothing_init',
-           'BackwardSmoothing', 'BackwardSmoothingAT', 'default_alpha', 'FastAT', 'FastTRADES', 'FastATPlus',
-           'hessian_top_eigenvalue', 'stability_summary', 'plot_stability']
+__all__ = ['RECIPES', 'output_target', 'target_grad', 'target_step', 'backward_smoothing_init', 'BackwardSmoothing',
+           'BackwardSmoothingAT', 'default_alpha', 'FastAT', 'FastTRADES', 'FastATPlus', 'hessian_top_eigenvalue',
+           'stability_summary', 'plot_stability']
 
 # %% ../nbs/06_backward.ipynb #c005
 def output_target(logits: torch.Tensor, # (N, K) clean logits f(x)
@@ -67,16 +68,9 @@ def backward_smoothing_init(model: nn.Module, # returns logits (used in the call
     return target_step(model, x, x, threat, alpha, lambda z: output_target(z, gamma), ascend=False)
 
 # %% ../nbs/06_backward.ipynb #c009
-def _check_method_args(steps: int, points: int, beta: float = 0.0, gamma: float = 0.0):
-    "Raise `ValueError` unless steps and points are integers >= 1 and beta, gamma >= 0."
-    for name, v in (("steps", steps), ("points", points)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if not beta >= 0: raise ValueError(f"beta must be >= 0, got {beta!r}")
-    if not gamma >= 0: raise ValueError(f"gamma must be >= 0, got {gamma!r}")
-
 class BackwardSmoothing(Method):
     "Backward Smoothing: TRADES with one step from an output-space-smoothed start (arXiv 2010.01278)."
-    name = "bs"
+    name, knob_prefix = "bs", "bs"
     def __init__(self, threat: ThreatModel, # norm, ε, box
                  alpha: Optional[float] = None, # step size of ξ and of the TRADES step (None: ε, the authors' choice)
                  beta: float = 6.0, # weight of the robust KL term (paper 6; the authors' README uses 10)
@@ -84,10 +78,12 @@ class BackwardSmoothing(Method):
                  steps: int = 1, # TRADES ascent steps after ξ (the authors' perturb_steps)
                  points: int = 1, # random targets (starting points) per example
                 ):
-        _check_method_args(steps, points, beta, gamma)
-        self.threat, self.beta, self.gamma, self.steps, self.points = threat, float(beta), float(gamma), steps, points
-        self.alpha = threat.eps if alpha is None else float(alpha)
-        self.grad_evals = points * (1 + steps + 1) + 1
+        self.threat, self.steps, self.points = threat, check_int("steps", steps, lo=1), check_int("points", points, lo=1)
+        self.beta, self.gamma = check_float("beta", beta, lo=0), check_float("gamma", gamma, lo=0)
+        alpha = check_float("alpha", alpha, lo=0, lo_open=True, allow_none=True)
+        self.alpha = threat.eps if alpha is None else alpha
+        self.grad_evals = self.points * (1 + self.steps + 1) + 1
+        self.outer_evals = self.points + 1 # f(x) and the points' f(x') back-propagated
 
     def inner(self, model, x, y):
         xm = repeat_batch(x, self.points)
@@ -101,17 +97,19 @@ class BackwardSmoothing(Method):
 
 class BackwardSmoothingAT(Method):
     "Backward Smoothing for AT: the BS start x + ξ*, one cross-entropy ascent step, CE training (arXiv 2010.01278)."
-    name = "bs_at"
+    name, knob_prefix = "bs_at", "bs"
     def __init__(self, threat: ThreatModel, # norm, ε, box
                  alpha: Optional[float] = None, # step size of ξ and of the CE step (None: ε)
                  gamma: float = 1.0, # scale of the output-space noise
                  steps: int = 1, # CE ascent steps after ξ
-                 points: int = 1, # random targets per example
+                 points: int = 1, # random targets (starting points) per example
                 ):
-        _check_method_args(steps, points, 0.0, gamma)
-        self.threat, self.gamma, self.steps, self.points = threat, float(gamma), steps, points
-        self.alpha = threat.eps if alpha is None else float(alpha)
-        self.grad_evals = points * (1 + steps + 1)
+        self.threat, self.steps, self.points = threat, check_int("steps", steps, lo=1), check_int("points", points, lo=1)
+        self.gamma = check_float("gamma", gamma, lo=0)
+        alpha = check_float("alpha", alpha, lo=0, lo_open=True, allow_none=True)
+        self.alpha = threat.eps if alpha is None else alpha
+        self.grad_evals = self.points * (1 + self.steps + 1)
+        self.outer_evals = self.points
 
     def inner(self, model, x, y):
         xm, ym = repeat_batch(x, self.points), repeat_batch(y, self.points)
@@ -142,6 +140,7 @@ class FastAT(PGDAT):
                  alpha: Optional[float] = None, # step size (None: 1.25·ε for one step, 2.5·ε/k otherwise)
                  attack_mode: str = "eval", # model mode during the attack ('train': Wong et al.'s code)
                 ):
+        steps = check_int("steps", steps, lo=1)
         super().__init__(threat, steps=steps, alpha=default_alpha(threat, steps, 1.25) if alpha is None else alpha,
                          random_start="uniform", attack_mode=attack_mode)
 
@@ -153,26 +152,26 @@ class FastTRADES(TRADES):
                  alpha: Optional[float] = None, # step size (None: ε for one step, 2.5·ε/k otherwise)
                  beta: float = 6.0, # weight of the robust KL term
                 ):
+        steps = check_int("steps", steps, lo=1)
         super().__init__(threat, steps=steps, alpha=default_alpha(threat, steps, 1.0) if alpha is None else alpha,
                          beta=beta, random_start="uniform")
 
 # %% ../nbs/06_backward.ipynb #c015
 class FastATPlus(Method):
     "Fast AT with a collapse check before each epoch, switching to PGD training when PGD accuracy drops (arXiv 2006.03089)."
-    name = "fast_at_plus"
+    name, knob_prefix = "fast_at_plus", "plus"
     def __init__(self, threat: ThreatModel, # norm, ε, box
                  alpha: Optional[float] = None, # FGSM step size (None: 1.25·ε)
                  pgd_steps: int = 10, # steps of the PGD training used after a collapse
                  pgd_alpha: Optional[float] = None, # its step size (None: 2.5·ε/pgd_steps)
                  drop: float = 0.2, # a fall of the check accuracy by more than this (a fraction) is a collapse
-                 pgd_epochs: Optional[int] = None, # epochs of PGD training after a collapse (None: the rest of training)
-                 check_steps: int = 10, # PGD steps of the check
+                 pgd_epochs: int = 0, # epochs of PGD training after a collapse (0: the rest of training)
+                 check_steps: int = 20, # PGD steps of the check
                  attack_mode: str = "eval", # model mode during the training attacks
                 ):
-        if not 0 < drop < 1: raise ValueError(f"drop must be in (0, 1), got {drop!r}")
-        if pgd_epochs is not None and pgd_epochs < 1: raise ValueError(f"pgd_epochs must be >= 1 or None, got {pgd_epochs!r}")
-        if check_steps < 1: raise ValueError(f"check_steps must be >= 1, got {check_steps!r}")
-        self.threat, self.drop, self.pgd_epochs, self.check_steps = threat, float(drop), pgd_epochs, check_steps
+        self.drop = check_float("drop", drop, lo=0, hi=1, lo_open=True, hi_open=True)
+        self.pgd_epochs = check_int("pgd_epochs", pgd_epochs, lo=0, allow_none=True) or None
+        self.threat, self.check_steps = threat, check_int("check_steps", check_steps, lo=1)
         self.fast = FastAT(threat, steps=1, alpha=alpha, attack_mode=attack_mode)
         self.pgd = PGDAT(threat, steps=pgd_steps, alpha=pgd_alpha, attack_mode=attack_mode)
         self.phase, self.last_acc, self.pgd_until, self.checks = "fast", None, None, []
@@ -288,20 +287,6 @@ def plot_stability(results: Dict[str, Sequence[float]], # method -> robust accur
     return ax
 
 # %% ../nbs/06_backward.ipynb #c032
-def _opt(c, name: str, default):
-    "Field `name` of config `c`, or `default` when the config does not have it."
-    return getattr(c, name, default)
-
-METHOD_FACTORIES = {
-    "bs": lambda c: BackwardSmoothing(c.threat, alpha=c.alpha, beta=c.beta, gamma=c.gamma, points=_opt(c, "bs_points", 1)),
-    "bs_at": lambda c: BackwardSmoothingAT(c.threat, alpha=c.alpha, gamma=c.gamma, points=_opt(c, "bs_points", 1)),
-    "fast_at": lambda c: FastAT(c.threat, steps=c.steps or 1, alpha=c.alpha, attack_mode=_opt(c, "attack_mode", "eval")),
-    "fast_trades": lambda c: FastTRADES(c.threat, steps=c.steps or 1, alpha=c.alpha, beta=c.beta),
-    "fast_at_plus": lambda c: FastATPlus(c.threat, alpha=c.alpha, pgd_steps=c.steps or 10, drop=_opt(c, "plus_drop", 0.2),
-                                         pgd_epochs=_opt(c, "plus_pgd_epochs", 0) or None,
-                                         check_steps=20, attack_mode=_opt(c, "attack_mode", "eval")),
-}
-
 def _like_trades_mnist(**kw) -> Dict[str, Any]:
     "The TRADES MNIST recipe (same model, data, schedule and epochs) with `kw` changed."
     from robustnb.trades import RECIPES as _TRADES_RECIPES
@@ -310,7 +295,7 @@ def _like_trades_mnist(**kw) -> Dict[str, Any]:
 RECIPES = {
     # Backward Smoothing, CIFAR-10 ResNet-18 (Chen et al., arXiv 2010.01278; authors' train_trades_backward.py, lr 'stage').
     # The paper uses beta=6; the authors' README example uses --beta 10.0: pass beta=10 to reproduce it.
-    "bs_cifar10_rn18": dict(method="bs", dataset="cifar10", arch="resnet18", eps=0.031, alpha=0.031, gamma=1.0,
+    "bs_cifar10_rn18": dict(method="bs", dataset="cifar10", arch="resnet18", eps=0.031, alpha=0.031, bs_gamma=1.0,
                             beta=6.0, lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=100, batch_size=128,
                             schedule="piecewise", milestones=(0.5, 0.75), augment="crop_flip"),
     # Fast AT, CIFAR-10 PreAct ResNet-18 (Wong et al., arXiv 2001.03994; train_fgsm.py: cyclic lr 0 -> 0.2 -> 0 with
@@ -319,7 +304,7 @@ RECIPES = {
                                       alpha=10 / 255, steps=1, lr=0.2, momentum=0.9, weight_decay=5e-4, epochs=15,
                                       batch_size=128, schedule="cyclic", cyclic_peak=0.5, augment="crop_flip"),
     # MNIST SmallCNN, eps 0.3, with the TRADES MNIST schedule (ours: the paper has no MNIST experiment)
-    "bs_mnist_smallcnn": _like_trades_mnist(method="bs", alpha=0.3, steps=1, gamma=1.0),
+    "bs_mnist_smallcnn": _like_trades_mnist(method="bs", alpha=0.3, steps=1, bs_gamma=1.0),
     "fastat_mnist_smallcnn": _like_trades_mnist(method="fast_at", alpha=0.375, steps=1),
     "fasttrades_mnist_smallcnn": _like_trades_mnist(method="fast_trades", alpha=0.3, steps=1),
 }

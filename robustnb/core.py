@@ -6,23 +6,26 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['set_seed', 'get_device', 'synchronize', 'Timer', 'check_int', 'check_float', 'check_choice', 'ExampleRNG', 'Norm',
-           'batch_view', 'ThreatModel', 'check_batch', 'set_mode', 'eval_mode', 'train_mode', 'MethodOutput',
-           'Adversarial', 'Method', 'backward_output', 'Standard', 'PassCounter', 'count_passes', 'Registry',
-           'atomic_path', 'atomic_write_text', 'atomic_torch_save', 'safe_load', 'load_error']
+__all__ = ['SHARED_KNOBS', 'set_seed', 'get_device', 'synchronize', 'Timer', 'check_int', 'check_float', 'check_choice',
+           'ExampleRNG', 'Norm', 'batch_view', 'ThreatModel', 'check_batch', 'set_mode', 'eval_mode', 'train_mode',
+           'MethodOutput', 'Adversarial', 'Method', 'backward_output', 'Standard', 'Knob', 'knobs_of', 'parse_value',
+           'PassCounter', 'count_passes', 'OptimizerHooks', 'WeightPerturbation', 'is_fused', 'checked_output',
+           'composed_step', 'Registry', 'atomic_path', 'atomic_write_text', 'atomic_torch_save', 'safe_load',
+           'load_error']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed: int, # the seed for `random`, NumPy and torch
@@ -328,7 +331,13 @@ class Adversarial:
 class Method:
     "Base class of training methods: `method(model, x, y)` returns a `MethodOutput`."
     name: str = "method"
+    knob_prefix: str = "" # prefix of this method's own knobs on the command line (see `knobs_of`)
+    own_knobs: Tuple[str, ...] = () # arguments named like a shared knob that mean something else here (they get the prefix)
     grad_evals: int = 1 # forward+backward passes per sample, including the parameter gradient
+    outer_evals: int = 1 # forward+backward passes per sample of one evaluation of `outer` (what AWP's proxy step costs)
+
+    def __init__(self, threat: Optional[ThreatModel] = None): # the threat model (a method without an attack may ignore it)
+        self.threat = threat
 
     def inner(self, model: nn.Module, # the model, in the caller's (training) mode
               x: torch.Tensor, # clean inputs in [0,1]
@@ -395,6 +404,79 @@ class Standard(Method):
         logits = model(adv.x_adv)
         return MethodOutput(nn.functional.cross_entropy(logits, y), logits=logits)
 
+# %% ../nbs/00_core.ipynb #c446
+SHARED_KNOBS: Dict[str, str] = {
+    "steps": "inner-maximization steps (each method has its own default)",
+    "alpha": "step size of the inner maximization (None: the method's default)",
+    "beta": "weight of the robust (KL) term of the TRADES family",
+    "attack_mode": "model mode during the inner attack: eval or train",
+    "momentum": "optimizer momentum",
+    "weight_decay": "L2 weight decay",
+} # knob names that mean the same thing for every owner
+_NOT_KNOBS = ("self", "threat", "params", "lr") # constructor arguments the trainer fills itself
+
+@dataclass(frozen=True)
+class Knob:
+    "One hyperparameter of a method, optimizer or weight perturbation."
+    name: str # public name: command-line flag, papermill parameter, key in config.json and recipes
+    arg: str # the constructor argument it fills
+    annotation: str # its type, as annotated ('int', 'Optional[float]', ...)
+    default: Any # the constructor's default
+    doc: str # the constructor's docments comment
+    owner: str # the class's registry name
+
+def knobs_of(cls: type, # a Method, optimizer or weight-perturbation class
+            ) -> List[Knob]:
+    "The knobs `cls` declares: its constructor's keyword arguments, with their public names."
+    from fastcore.docments import docments
+    sig = inspect.signature(cls.__init__)
+    docs = docments(cls.__init__, full=True)
+    out = []
+    for name, p in sig.parameters.items():
+        if name in _NOT_KNOBS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD): continue
+        if p.default is p.empty: raise TypeError(f"{cls.__name__}: knob {name!r} needs a default")
+        shared = name in SHARED_KNOBS and name not in getattr(cls, "own_knobs", ())
+        prefix = getattr(cls, "knob_prefix", "")
+        if not shared and not prefix: raise TypeError(f"{cls.__name__} declares knob {name!r} but no knob_prefix")
+        anno = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+        out.append(Knob(name if shared else f"{prefix}_{name}", name, "" if p.annotation is p.empty else anno,
+                        p.default, (docs.get(name) or {}).get("docment") or "", getattr(cls, "name", cls.__name__)))
+    return out
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+def parse_value(name: str, # the parameter's name, for messages
+                annotation: str, # its annotation: int, float, bool, str, tuple, Optional[...] of those
+                value: Any, # the value as given (a string from the command line or papermill, or a Python value)
+               ) -> Any:
+    "`value` converted to the annotated type (strings from the command line and papermill); `ValueError` if it cannot be."
+    anno = annotation.replace(" ", "")
+    optional = anno.startswith("Optional[")
+    if optional: anno = anno[len("Optional["):-1]
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
+        if optional or value is None: return None
+    if anno == "bool":
+        if isinstance(value, str):
+            if value.lower() not in _TRUE + _FALSE: raise ValueError(f"{name} must be true or false, got {value!r}")
+            return value.lower() in _TRUE
+        if isinstance(value, (bool, np.bool_)): return bool(value)
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if anno == "int":
+        try: v = float(value)
+        except (TypeError, ValueError): raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        if isinstance(value, bool) or not np.isfinite(v) or v != int(v): raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(v)
+    if anno == "float":
+        if isinstance(value, bool): raise ValueError(f"{name} must be a number, got {value!r}")
+        try: return float(value)
+        except (TypeError, ValueError): raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if anno.startswith(("Tuple", "tuple")):
+        if isinstance(value, str): value = [v for v in value.replace(" ", "").strip("()[]").split(",") if v]
+        try: return tuple(float(v) for v in value)
+        except (TypeError, ValueError): raise ValueError(f"{name} must be numbers, got {value!r}") from None
+    if anno == "str": return str(value)
+    return value
+
 # %% ../nbs/00_core.ipynb #c030
 class PassCounter:
     "Per-sample counts of forward passes and back-propagated passes through a model (see `count_passes`)."
@@ -417,6 +499,107 @@ def count_passes(model: nn.Module): # the model to watch (its top-level forward 
     h = model.register_forward_hook(hook)
     try: yield c
     finally: h.remove()
+
+# %% ../nbs/00_core.ipynb #cfa3
+class OptimizerHooks:
+    "The robustnb parts of an optimizer's contract, with their defaults (mixed into a `torch.optim.Optimizer`)."
+    name: str = "optimizer"
+    knob_prefix: str = ""
+    own_knobs: Tuple[str, ...] = ()
+    closure_calls: int = 1 # closure calls (fresh minibatches) per `step`
+
+    def on_epoch_start(self, epoch: int, # the epoch about to start (0-based)
+                      ) -> Optional[Dict[str, Any]]: # numbers for the epoch's history record
+        "Hook called before every epoch; the default does nothing."
+        return None
+
+class WeightPerturbation:
+    "Base class of weight perturbations applied around the gradient (AWP): `perturb` before the backward, `restore` after the step."
+    name: str = "perturbation"
+    knob_prefix: str = ""
+    own_knobs: Tuple[str, ...] = ()
+
+    def bind(self, method: Method) -> "WeightPerturbation":
+        "Learn what the method's outer loss costs (`method.outer_evals`); returns self."
+        self.outer_evals = check_int("outer_evals", getattr(method, "outer_evals", 1), lo=1)
+        return self
+
+    @property
+    def grad_evals(self) -> int:
+        "Extra forward+backward passes per sample of one perturbation (0 while inactive)."
+        return 0
+
+    def perturb(self, model: nn.Module, # the model whose weights move
+                loss_fn: Callable[[nn.Module], torch.Tensor], # the method's outer loss at the batch's adversarial points
+               ) -> Any: # a token for `restore` (None: nothing was changed)
+        "Move the weights; the default does nothing."
+        return None
+
+    def restore(self, model: nn.Module, token: Any):
+        "Undo what `perturb` returned `token` for; the default does nothing."
+        return None
+
+    def on_epoch_start(self, epoch: int) -> Optional[Dict[str, Any]]:
+        "Hook called before every epoch (warm-up); the default does nothing."
+        return None
+
+    def state_dict(self) -> Dict[str, Any]: return {}
+    def load_state_dict(self, state: Dict[str, Any]):
+        if state: raise ValueError(f"{type(self).__name__} keeps no state, got a state with {', '.join(sorted(state))}")
+
+# %% ../nbs/00_core.ipynb #c7aa
+def is_fused(method: Method) -> bool:
+    "Whether `method` overrides `loss` without splitting it into `inner` and `outer`."
+    return type(method).outer is Method.outer and type(method).loss is not Method.loss
+
+def checked_output(method: Method, out: Any) -> MethodOutput:
+    "`out` if it is a valid `MethodOutput` of `method`, else the error `Method.__call__` raises."
+    if not isinstance(out, MethodOutput):
+        raise TypeError(f"{type(method).__name__}.outer must return a MethodOutput, got {type(out).__name__}")
+    if out.loss.dim() != 0: raise ValueError(f"{type(method).__name__}: loss must be a scalar, got shape {tuple(out.loss.shape)}")
+    return out
+
+def composed_step(model: nn.Module, # the model being trained (train mode); the inner maximization runs on it
+                  method: Method, # the loss: inner maximization and outer loss
+                  optimizer: torch.optim.Optimizer, # an ordinary optimizer, or one whose closure_calls > 1
+                  batches: Iterator, # yields (x, y); the step draws one minibatch per closure call
+                  perturbation: Optional[WeightPerturbation] = None, # applied around the gradient (AWP), or None
+                  *,
+                  outer: Optional[Callable] = None, # outer(method, x, y, adv) -> MethodOutput (the trainer's DDP route; None: method.outer on `model`)
+                  autocast: Optional[Callable] = None, # a context-manager factory for the forward passes (mixed precision)
+                  scaler: Optional[Any] = None, # a torch.amp.GradScaler (fp16), for optimizers that call the closure once
+                  record: Optional[Callable] = None, # record(out, loss, x, y) after every closure call
+                 ) -> torch.Tensor: # the detached loss of the first closure call
+    "One training step of `method` with `optimizer` and an optional weight `perturbation` (perturb, backward, step, restore)."
+    calls = getattr(optimizer, "closure_calls", 1)
+    if scaler is not None and calls != 1:
+        raise ValueError(f"a GradScaler cannot take a closure: {type(optimizer).__name__} calls it {calls} times per step")
+    if perturbation is not None and is_fused(method):
+        raise ValueError(f"{type(method).__name__} has no inner/outer halves: a weight perturbation cannot be applied to it")
+    amp = autocast or contextlib.nullcontext
+    pending = []
+    def closure():
+        x, y = next(batches)
+        token = None
+        if perturbation is None and outer is None:
+            with amp(): out = method(model, x, y)
+        else:
+            with amp(): adv = method.inner(model, x, y)
+            if perturbation is not None:
+                with amp(): token = perturbation.perturb(model, lambda m: method.outer(m, x, y, adv).loss)
+            with amp(): out = checked_output(method, outer(method, x, y, adv) if outer else method.outer(model, x, y, adv))
+        optimizer.zero_grad(set_to_none=True)
+        loss = backward_output(out, scaler.scale if scaler is not None else None)
+        if token is not None:
+            if calls > 1: perturbation.restore(model, token)  # before the optimizer moves this iterate
+            else: pending.append(token)                       # after the step (the official order)
+        if record is not None: record(out, loss, x, y)
+        return loss
+    if scaler is not None:
+        loss = closure(); scaler.step(optimizer); scaler.update()
+    else: loss = optimizer.step(closure)
+    for token in pending: perturbation.restore(model, token)
+    return loss
 
 # %% ../nbs/00_core.ipynb #c033
 class Registry:

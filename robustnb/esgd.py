@@ -10,18 +10,18 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from scipy.signal import fftconvolve
 from scipy.special import expit
 from torch import nn
 
-from .core import Method, backward_output, check_choice, check_float, check_int, train_mode
-from .trades import PGDAT, TRADES
+from .core import (Method, OptimizerHooks, WeightPerturbation, backward_output, check_choice, check_float,
+                           check_int, composed_step, train_mode)
 
 # %% auto #0
-__all__ = ['SWISH_ARGMIN', 'OPTIMIZER_CLASSES', 'PERTURBATION_CLASSES', 'RECIPES', 'dual_norm', 'linear_adv_example',
-           'linear_adv_loss', 'linear_adv_grad', 'linear_smoothness_bounds', 'lipschitz_ratio', 'swish',
-           'swish_adv_loss', 'local_entropy_grid', 'grid_hessian', 'EntropySGD', 'awp_weights', 'outer_evals',
-           'AWPToken', 'AWP', 'composed_step']
+__all__ = ['SWISH_ARGMIN', 'RECIPES', 'dual_norm', 'linear_adv_example', 'linear_adv_loss', 'linear_adv_grad',
+           'linear_smoothness_bounds', 'lipschitz_ratio', 'swish', 'swish_adv_loss', 'local_entropy_grid',
+           'grid_hessian', 'EntropySGD', 'awp_weights', 'AWPToken', 'AWP']
 
 # %% ../nbs/07_esgd.ipynb #c005
 def dual_norm(w: np.ndarray, # weights (..., d)
@@ -160,7 +160,7 @@ def grid_hessian(F: np.ndarray, # values on a regular 2-D grid
 # %% ../nbs/07_esgd.ipynb #c035
 _STRUCTURAL = ("L", "warmup", "sgd_from", "extra_call", "second_order")
 
-class EntropySGD(torch.optim.Optimizer):
+class EntropySGD(OptimizerHooks, torch.optim.Optimizer):
     "Entropy-SGD (Chaudhari et al., arXiv 1611.01838) as the official python/optim.py, with its second-order variant (Kanai et al., arXiv 2103.01400)."
     name = "entropy_sgd"
     knob_prefix = "esgd"
@@ -314,21 +314,13 @@ def awp_weights(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
     "The parameters AWP perturbs: conv and linear weights ('weight' in the name, ndim > 1), as the official diff_in_weights."
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1 and "weight" in n]
 
-def outer_evals(method: Method) -> int:
-    "Forward+backward passes per sample of one evaluation of `method.outer` (what one AWP step costs)."
-    n = getattr(method, "outer_evals", None)
-    if n is not None: return check_int("outer_evals", n, lo=1)
-    if isinstance(method, TRADES): return 2
-    if isinstance(method, PGDAT): return 1
-    raise ValueError(f"{type(method).__name__} does not declare outer_evals (forward+backward passes per sample of its outer loss)")
-
 class AWPToken:
     "What `AWP.perturb` added to the weights, for `AWP.restore`."
     def __init__(self, params: List[nn.Parameter], deltas: List[torch.Tensor], originals: List[torch.Tensor]):
         self.params, self.deltas, self.originals = params, deltas, originals
         self.versions = [p._version for p in params] # in-place changes since perturb bump these
 
-class AWP:
+class AWP(WeightPerturbation):
     "Adversarial weight perturbation (Wu, Xia, Wang, arXiv 2004.05884) as the official utils_awp.py: one proxy step, rescaled to γ‖w_l‖ per layer."
     name = "awp"
     knob_prefix = "awp"
@@ -341,12 +333,7 @@ class AWP:
         self.gamma = check_float("gamma", gamma, lo=0)
         self.warmup = check_int("warmup", warmup, lo=0)
         self.proxy_lr = check_float("proxy_lr", proxy_lr, lo=0, lo_open=True)
-        self.epoch, self.outer_evals = 0, None
-
-    def bind(self, method: Method) -> "AWP":
-        "Take from `method` the cost of one evaluation of its outer loss (for `grad_evals`); returns self."
-        self.outer_evals = outer_evals(method)
-        return self
+        self.epoch, self.outer_evals = 0, None  # `bind(method)` sets outer_evals from the method's declaration
 
     @property
     def active(self) -> bool: return self.gamma > 0 and self.epoch >= self.warmup
@@ -373,6 +360,10 @@ class AWP:
         try:
             with train_mode(model), torch.enable_grad():
                 grads = torch.autograd.grad(-loss_fn(model), params, allow_unused=True)
+            if dist.is_available() and dist.is_initialized():  # every rank saw its shard: the proxy step of the whole batch
+                ws = dist.get_world_size()
+                for g in grads:
+                    if g is not None: dist.all_reduce(g); g.div_(ws)
         finally:
             with torch.no_grad():
                 for b, s in zip(model.buffers(), saved): b.copy_(s)
@@ -409,36 +400,7 @@ class AWP:
     def load_state_dict(self, state: Dict[str, Any]): self.epoch = check_int("epoch", state["epoch"], lo=0)
     def __repr__(self): return f"AWP(gamma={self.gamma}, warmup={self.warmup}, proxy_lr={self.proxy_lr}, epoch={self.epoch})"
 
-# %% ../nbs/07_esgd.ipynb #c061
-def composed_step(model: nn.Module, # the model being trained (in train mode)
-                  method: Method, # the training loss: inner maximization + outer loss
-                  optimizer: torch.optim.Optimizer, # torch.optim.SGD-like, or a closure optimizer with `closure_calls`
-                  batches: Iterator, # yields (x, y) minibatches; a closure optimizer draws `closure_calls` of them
-                  perturbation: Optional[AWP] = None, # a weight perturbation, or None
-                 ) -> torch.Tensor: # the detached loss of the (first) minibatch
-    "One training step: perturb → loss → step → restore (SGD), or perturb → loss → restore inside every closure call."
-    def loss_at_current_weights(restore_now: bool):
-        x, y = next(batches)
-        if perturbation is None:
-            optimizer.zero_grad()
-            return backward_output(method(model, x, y)), None
-        adv = method.inner(model, x, y)
-        token = perturbation.perturb(model, lambda m: method.outer(m, x, y, adv).loss)
-        optimizer.zero_grad()
-        loss = backward_output(method.outer(model, x, y, adv))
-        if restore_now: perturbation.restore(model, token); token = None
-        return loss, token
-    if hasattr(optimizer, "closure_calls"):
-        return optimizer.step(lambda: loss_at_current_weights(True)[0])
-    loss, token = loss_at_current_weights(False)
-    optimizer.step()
-    if perturbation is not None: perturbation.restore(model, token)
-    return loss
-
 # %% ../nbs/07_esgd.ipynb #c073
-OPTIMIZER_CLASSES = {"entropy_sgd": EntropySGD} # closure optimizers of this notebook, by name
-PERTURBATION_CLASSES = {"awp": AWP} # weight perturbations of this notebook, by name
-
 _AT_CIFAR = dict(method="pgd_at", eps=8 / 255, alpha=2 / 255, steps=10, attack_mode="train", # AT_AWP: PGD-10, 2/255, attack in train mode
                  arch="preactresnet18", epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
                  schedule="piecewise", milestones=(0.5, 0.75), augment="crop_flip") # AT_AWP: lr/10 at 50%, /100 at 75% (per iteration)

@@ -11,28 +11,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Adversarial, Method, MethodOutput, ThreatModel, eval_mode, set_mode
-from .attacks import pgd
+from .core import (Adversarial, Method, MethodOutput, Norm, ThreatModel, check_choice, check_float, check_int,
+                           eval_mode, set_mode)
+from .attacks import START_MODES, pgd, steepest_direction
 
 # %% auto #0
-__all__ = ['METHOD_FACTORIES', 'RECIPES', 'PGDAT', 'trades_kl', 'trades_loss', 'repeat_batch', 'trades_output', 'TRADES',
-           'trades_reference_loss', 'mart_attack', 'mart_terms', 'mart_loss', 'MART']
+__all__ = ['RECIPES', 'PGDAT', 'trades_kl', 'trades_loss', 'repeat_batch', 'trades_output', 'TRADES', 'trades_reference_loss',
+           'mart_attack', 'mart_terms', 'mart_loss', 'MART']
 
 # %% ../nbs/04_trades.ipynb #c005
 class PGDAT(Method):
     "Madry et al.'s PGD adversarial training: cross-entropy on PGD-k examples (arXiv 1706.06083)."
-    name = "pgd_at"
+    name, knob_prefix = "pgd_at", "at"
     def __init__(self, threat: ThreatModel, # norm, ε, box
                  steps: int = 10, # PGD steps of the inner maximization
                  alpha: Optional[float] = None, # step size (None: 2.5·ε/steps)
                  random_start: str = "uniform", # 'uniform', 'gaussian' or 'none'
                  attack_mode: str = "eval", # model mode during the attack: 'eval' or 'train'
                 ):
-        if attack_mode not in ("eval", "train"): raise ValueError(f"attack_mode must be 'eval' or 'train', got {attack_mode!r}")
-        if steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
-        self.threat, self.steps, self.alpha, self.random_start = threat, steps, alpha, random_start
-        self.attack_mode = attack_mode
-        self.grad_evals = steps + 1
+        self.threat, self.steps = threat, check_int("steps", steps, lo=1)
+        self.alpha = check_float("alpha", alpha, lo=0, lo_open=True, allow_none=True)
+        self.random_start = check_choice("random_start", random_start, START_MODES)
+        self.attack_mode = check_choice("attack_mode", attack_mode, ("eval", "train"))
+        self.grad_evals = self.steps + 1
 
     def inner(self, model, x, y):
         with set_mode(model, self.attack_mode == "train"):
@@ -74,12 +75,12 @@ def trades_output(model: nn.Module, # the model, in the caller's (training) mode
     "The TRADES outer loss CE(f(x), y) + β·mean_j KL(f(x) ‖ f(x_adv_j)) as a `MethodOutput` (arXiv 1901.08573)."
     logits, logits_adv = model(x), model(x_adv)
     nat, rob = F.cross_entropy(logits, y), trades_kl(logits_adv, repeat_batch(logits, len(x_adv) // len(x)))
-    return MethodOutput(nat + beta * rob, logits=logits, x_adv=x_adv,
-                        stats=dict(loss_natural=nat.item(), loss_robust=rob.item()))
+    return MethodOutput(nat + beta * rob, logits=logits, x_adv=x_adv,  # stats stay on the device: no sync per step
+                        stats=dict(loss_natural=nat.detach(), loss_robust=rob.detach()))
 
 class TRADES(Method):
     "TRADES: CE on clean inputs plus β·KL to the prediction on a KL-maximizing PGD point (arXiv 1901.08573)."
-    name = "trades"
+    name, knob_prefix, outer_evals = "trades", "trades", 2 # outer: f(x) and f(x') back-propagated
     def __init__(self, threat: ThreatModel, # norm, ε, box
                  steps: int = 10, # KL ascent steps
                  alpha: Optional[float] = None, # step size (None: 2.5·ε/steps; official CIFAR: 0.007)
@@ -87,11 +88,11 @@ class TRADES(Method):
                  init_std: float = 1e-3, # σ of the Gaussian start (official: 0.001)
                  random_start: str = "gaussian", # 'gaussian' (official), 'uniform' in the ball (Fast TRADES) or 'none'
                 ):
-        if steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
-        if beta < 0: raise ValueError(f"beta must be >= 0, got {beta}")
-        self.threat, self.steps, self.alpha, self.beta, self.init_std = threat, steps, alpha, beta, init_std
-        self.random_start = random_start
-        self.grad_evals = steps + 2
+        self.threat, self.steps = threat, check_int("steps", steps, lo=1)
+        self.alpha = check_float("alpha", alpha, lo=0, lo_open=True, allow_none=True)
+        self.beta, self.init_std = check_float("beta", beta, lo=0), check_float("init_std", init_std, lo=0)
+        self.random_start = check_choice("random_start", random_start, START_MODES)
+        self.grad_evals = self.steps + 2
 
     def inner(self, model, x, y):
         with eval_mode(model):
@@ -102,11 +103,6 @@ class TRADES(Method):
     def outer(self, model, x, y, adv): return trades_output(model, x, y, adv.x_adv, self.beta)
 
 # %% ../nbs/04_trades.ipynb #c009
-METHOD_FACTORIES = {
-    "pgd_at": lambda c: PGDAT(c.threat, steps=c.steps or 10, alpha=c.alpha),
-    "trades": lambda c: TRADES(c.threat, steps=c.steps or 10, alpha=c.alpha, beta=c.beta),
-}
-
 RECIPES = {
     # TRADES, MNIST (Zhang et al. 2019, arXiv 1901.08573, official train_trades_mnist.py)
     "trades_mnist_smallcnn": dict(method="trades", dataset="mnist", arch="smallcnn", eps=0.3, alpha=0.01, steps=40,
@@ -148,10 +144,6 @@ def trades_reference_loss(model: nn.Module, # the model (left in train mode, as 
     loss_natural = F.cross_entropy(logits, y)
     loss_robust = (1.0 / len(x)) * kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
     return loss_natural + beta * loss_robust, x_adv
-
-# %% ../nbs/04_trades.ipynb #c076
-from .core import Norm, check_float, check_int
-from .attacks import steepest_direction
 
 # %% ../nbs/04_trades.ipynb #c66e
 def mart_attack(model: nn.Module, # returns logits; used in the caller's mode (MART: eval)
@@ -206,7 +198,7 @@ def mart_loss(logits: torch.Tensor, # clean logits f(x)
 
 class MART(Method):
     "MART: boosted CE on a PGD point plus a KL term weighted by the clean misclassification 1 − p_y (Wang et al., ICLR 2020)."
-    name, knob_prefix = "mart", "mart"
+    name, knob_prefix, outer_evals = "mart", "mart", 2 # outer: f(x) and f(x') back-propagated
     def __init__(self, threat: ThreatModel, # norm, ε, box
                  steps: int = 10, # CE ascent steps of the attack
                  alpha: Optional[float] = None, # step size (None: 2.5·ε/steps; official CIFAR-10: 0.007)
@@ -214,7 +206,7 @@ class MART(Method):
                  init_std: float = 1e-3, # σ of the Gaussian start (official: 0.001)
                 ):
         self.threat = threat
-        self.steps = check_int("steps", steps, 1)
+        self.steps = check_int("steps", steps, lo=1)
         alpha = check_float("alpha", alpha, 0.0, lo_open=True, allow_none=True)
         self.alpha = 2.5 * threat.eps / self.steps if alpha is None else alpha
         self.beta = check_float("beta", beta, 0.0)
@@ -230,7 +222,7 @@ class MART(Method):
         logits_adv = model(adv.x_adv)
         loss_adv, loss_robust = mart_terms(logits, logits_adv, y)
         return MethodOutput(loss_adv + self.beta * loss_robust, logits=logits, x_adv=adv.x_adv,
-                            stats=dict(loss_adv=loss_adv.item(), loss_robust=loss_robust.item()))
+                            stats=dict(loss_adv=loss_adv.detach(), loss_robust=loss_robust.detach()))
 
 # %% ../nbs/04_trades.ipynb #c1b4
 RECIPES.update({

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
+import importlib
+import inspect
 import json
 import math
 import os
@@ -25,57 +28,52 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core import (Method, MethodOutput, Registry, Standard, ThreatModel, Timer, atomic_path,
-                           atomic_torch_save, atomic_write_text, check_choice, load_error, safe_load, check_float, check_int, get_device,
-                           set_seed, train_mode, Norm)
+from .core import (SHARED_KNOBS, Adversarial, Knob, Method, MethodOutput, Norm, OptimizerHooks, Registry,
+                           Standard, ThreatModel, Timer, WeightPerturbation, is_fused, atomic_path, atomic_torch_save,
+                           atomic_write_text, check_choice, check_float, check_int, composed_step, count_passes,
+                           get_device, knobs_of, load_error, parse_value, safe_load, set_seed, train_mode)
 from .data import Batches, DATASETS, dataset_info, get_data, to_float
 from .models import MODELS, get_model
-import robustnb.trades
-import robustnb.backward
 from .backward import hessian_top_eigenvalue
 from .evaluate import (SUITES, EvalResult, evaluate, evaluate_run, get_eval_attack, headline_text,
                                save_run_model)
 
 # %% auto #0
-__all__ = ['METHOD_MODULES', 'METHODS', 'OPTIMIZERS', 'SCHEDULES', 'RECIPES', 'RUN_FILES', 'EVAL_FILES', 'CKPT_FORMAT',
-           'LOCK_FILE', 'TrainConfig', 'build_method', 'lr_at', 'validate', 'make_config', 'papermill_parameters',
-           'config_from_parameters', 'DistInfo', 'init_distributed', 'allreduce_grads', 'broadcast_module', 'RunLocked',
-           'RunLock', 'load_checkpoint', 'upgrade_checkpoint', 'prepare_out_dir', 'train_step', 'RunResult',
-           'summary_line', 'TrainingDiverged', 'TrainState', 'setup', 'train_epoch', 'validate_epoch',
-           'save_checkpoint', 'finish', 'fit', 'evaluate_after_fit', 'build_parser', 'main']
+__all__ = ['COMPONENT_MODULES', 'METHODS', 'OPTIMIZERS', 'PERTURBATIONS', 'RECIPES', 'KNOBS', 'SCHEDULES', 'RUN_FILES',
+           'EVAL_FILES', 'CKPT_FORMAT', 'LOCK_FILE', 'TrainConfig', 'register', 'register_module', 'load_plugins',
+           'SGD', 'NesterovSGD', 'Adam', 'lr_at', 'components', 'resolved_knobs', 'build_method', 'param_groups',
+           'build_optimizer', 'build_perturbation', 'validate', 'make_config', 'papermill_parameters',
+           'config_from_parameters', 'parameters_cell', 'knob_help', 'DistInfo', 'init_distributed', 'ddp_outer',
+           'RunLocked', 'RunLock', 'config_json', 'config_from_json', 'upgrade_config', 'load_checkpoint',
+           'upgrade_checkpoint', 'prepare_out_dir', 'RunResult', 'summary_line', 'TrainingDiverged', 'TrainState',
+           'setup', 'train_epoch', 'validate_epoch', 'save_checkpoint', 'finish', 'fit', 'evaluate_after_fit',
+           'build_parser', 'main']
 
 # %% ../nbs/11_train.ipynb #c005
 @dataclass
 class TrainConfig:
-    "Everything that defines a training run (the papermill parameters, the CLI flags and `config.json`)."
+    "The run-level settings of a training run; the knobs of its method, optimizer and perturbation are in `knobs`."
     method: str = "trades" # training method, one of METHODS.names()
     dataset: str = "digits" # dataset name, one of robustnb.data.DATASETS
     arch: str = "smallcnn" # model architecture, one of robustnb.models.MODELS
     epochs: int = 10 # number of training epochs
     batch_size: int = 128 # global batch size (split across DDP ranks)
-    lr: float = 0.05 # peak learning rate
-    momentum: float = 0.9 # SGD momentum
-    weight_decay: float = 5e-4 # L2 weight decay
+    lr: float = 0.05 # peak learning rate (the schedule sets the optimizer's rate at every step)
     schedule: str = "piecewise" # lr schedule: piecewise, epochs, cyclic, cosine, constant
     milestones: Tuple[float, ...] = (0.5, 0.75) # lr decay points: fractions (piecewise) or epochs (epochs)
     lr_decay: float = 0.1 # factor applied at each milestone
     cyclic_peak: float = 0.4 # fraction of training where the cyclic schedule peaks
     norm: str = "Linf" # threat model norm: Linf or L2
     eps: float = 0.1 # perturbation budget in [0,1] pixel units (MNIST 0.3, CIFAR 8/255)
-    alpha: Optional[float] = None # attack step size (None: the method's default, e.g. 2.5*eps/steps for PGD)
-    steps: Optional[int] = None # inner maximization steps (None: the method's default, 10 for PGD-AT/TRADES, 1 for Fast AT)
-    beta: float = 6.0 # TRADES/BS weight of the robust KL term
-    gamma: float = 1.0 # Backward Smoothing: scale of the output-space noise
-    bs_points: int = 1 # Backward Smoothing: random targets (starting points) per example
-    attack_mode: str = "eval" # model mode during the attacks of fast_at/fast_at_plus: eval or train (Wong et al.: train)
-    plus_drop: float = 0.2 # Fast AT+: a fall of the check's PGD accuracy by more than this switches to PGD training
-    plus_pgd_epochs: int = 0 # Fast AT+: epochs of PGD training after a collapse (0: the rest of training)
     optimizer: str = "sgd" # optimizer, one of OPTIMIZERS.names()
+    perturbation: str = "none" # weight perturbation around each gradient: none, or one of PERTURBATIONS.names()
+    no_decay_bn_bias: bool = False # weight decay on conv and linear weights only, none on batch-norm parameters and biases
     seed: int = 0 # random seed (model init, shuffling, attacks)
     device: str = "auto" # auto, cpu, cuda, cuda:N
     amp: str = "off" # mixed precision in the training step: off, bf16, fp16 (fp16 needs CUDA)
     channels_last: bool = False # use channels_last memory format (faster convolutions on GPU and AMX CPUs)
     compile: bool = False # torch.compile the model for the training step
+    sync_bn: bool = False # under torchrun, batch-norm statistics over the global batch (SyncBatchNorm)
     eval_every: int = 1 # evaluate on the held-out split every k epochs
     eval_subset: int = 200 # held-out training examples used for the per-epoch clean and robust accuracy (at least 1)
     val_attack: str = "apgd-ce" # attack of the per-epoch robust accuracy, which selects the checkpoint: apgd-ce (official APGD-CE, AutoAttack strength) or pgd<k> (the papers' protocol, e.g. pgd20: weaker)
@@ -88,32 +86,101 @@ class TrainConfig:
     augment: str = "auto" # auto (crop+flip for 32x32 colour sets), none, crop_flip
     root: Optional[str] = None # data root (else $ROBUSTNB_DATA, else a cache folder)
     download: bool = False # fetch missing data files (md5-checked) where a network is available
+    plugins: str = "" # comma-separated Python modules whose methods, optimizers and perturbations are registered too
     out_dir: str = "runs/default" # run directory
     resume: bool = False # continue the run in out_dir from its checkpoint
     overwrite: bool = False # replace a different run already in out_dir
     recipe: Optional[str] = None # a paper's settings (RECIPES); explicit parameters override it
+    knobs: Dict[str, Any] = field(default_factory=dict) # the knobs given explicitly, by their public names
 
     @property
     def threat(self) -> ThreatModel: return ThreatModel(self.norm, self.eps)
 
 # %% ../nbs/11_train.ipynb #c007
-METHOD_MODULES = [robustnb.trades, robustnb.backward] # the notebooks whose METHOD_FACTORIES and RECIPES the trainer collects
+COMPONENT_MODULES = ["robustnb.core", "robustnb.trades", "robustnb.backward", "robustnb.esgd", "robustnb.atent",
+                     "robustnb.bilateral"] # the notebooks whose methods, optimizers, perturbations and RECIPES the trainer collects
 
-METHODS = Registry("method")
-METHODS.register("standard", obj=lambda c: Standard())
-for _mod in METHOD_MODULES:
-    for _name, _factory in _mod.METHOD_FACTORIES.items(): METHODS.register(_name, obj=_factory)
+METHODS, OPTIMIZERS, PERTURBATIONS = Registry("method"), Registry("optimizer"), Registry("perturbation")
+RECIPES: Dict[str, Dict[str, Any]] = {}
+KNOBS: Dict[str, List[Knob]] = {} # public knob name -> its declarations (one per owner)
+_RUN_FIELDS = {f.name: f for f in fields(TrainConfig) if f.name != "knobs"}
+_BASES = (Method, OptimizerHooks, WeightPerturbation)
 
-OPTIMIZERS = Registry("optimizer")
-OPTIMIZERS.register("sgd", obj=lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
-                                                                 weight_decay=c.weight_decay))
-OPTIMIZERS.register("nesterov", obj=lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
-                                                                      weight_decay=c.weight_decay, nesterov=True))
-OPTIMIZERS.register("adam", obj=lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay))
+def _registry_of(obj) -> Optional[Registry]:
+    "The registry a class belongs in, or None for anything that is not a named component."
+    if not isinstance(obj, type) or obj in _BASES or "name" not in vars(obj): return None
+    if issubclass(obj, Method): return METHODS
+    if issubclass(obj, OptimizerHooks) and issubclass(obj, torch.optim.Optimizer): return OPTIMIZERS
+    if issubclass(obj, WeightPerturbation): return PERTURBATIONS
+    return None
 
-def build_method(cfg: TrainConfig) -> Method:
-    "The `Method` named by `cfg.method`, configured from `cfg`."
-    return METHODS.get(cfg.method)(cfg)
+def register(cls: type) -> type:
+    "Register a method, optimizer or weight-perturbation class under its `name`, with its knobs; returns the class."
+    reg = _registry_of(cls)
+    if reg is None: raise ValueError(f"{cls!r} is not a Method, an OptimizerHooks optimizer or a WeightPerturbation with a name")
+    ks = knobs_of(cls)
+    for k in ks:
+        if k.name in _RUN_FIELDS: raise ValueError(f"{cls.__name__}: knob {k.name!r} is also a run-level field")
+        for o in KNOBS.get(k.name, []):
+            if o.owner != k.owner and (o.annotation != k.annotation or (k.name not in SHARED_KNOBS and o.doc != k.doc)):
+                raise ValueError(f"knob {k.name!r} would mean two things: {o.owner}: {o.doc!r} ({o.annotation}); "
+                                 f"{k.owner}: {k.doc!r} ({k.annotation})")
+    reg.register(cls.name, obj=cls)
+    for k in ks:
+        decl = KNOBS.setdefault(k.name, [])
+        if all(o.owner != k.owner for o in decl): decl.append(k)
+    return cls
+
+def register_module(module) -> List[str]:
+    "Register every named component class defined in `module` (a module or its name), and its RECIPES; their names."
+    if isinstance(module, str): module = importlib.import_module(module)
+    names = [register(o).name for o in list(vars(module).values())
+             if _registry_of(o) is not None and o.__module__ == module.__name__]
+    for name, r in getattr(module, "RECIPES", {}).items():
+        if name in RECIPES and RECIPES[name] is not r: raise ValueError(f"recipe {name!r} is defined twice")
+        RECIPES[name] = r
+    return names
+
+def load_plugins(plugins: str) -> List[str]:
+    "Import and register the comma-separated modules of `plugins`; the component names they add."
+    out = []
+    for name in (p.strip() for p in str(plugins or "").split(",")):
+        if not name: continue
+        try: out += register_module(name)
+        except ImportError as e: raise ValueError(f"plugins: cannot import {name!r} ({e})") from None
+    return out
+
+class SGD(OptimizerHooks, torch.optim.SGD):
+    "Stochastic gradient descent with momentum and L2 weight decay (`torch.optim.SGD`)."
+    name, knob_prefix = "sgd", "sgd"
+    def __init__(self, params, # parameters or parameter groups
+                 lr: float = 0.05, # learning rate (the trainer's schedule sets it at every step)
+                 momentum: float = 0.9, # momentum
+                 weight_decay: float = 5e-4, # L2 weight decay
+                 nesterov: bool = False, # Nesterov momentum
+                ):
+        super().__init__(params, lr=check_float("lr", lr, lo=0), momentum=check_float("momentum", momentum, 0, 1, hi_open=True),
+                         weight_decay=check_float("weight_decay", weight_decay, lo=0),
+                         nesterov=check_choice("nesterov", nesterov, (True, False)))
+
+class NesterovSGD(SGD):
+    "SGD with Nesterov momentum."
+    name = "nesterov"
+    def __init__(self, params, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 nesterov: bool = True, # Nesterov momentum
+                ):
+        super().__init__(params, lr, momentum, weight_decay, nesterov)
+
+class Adam(OptimizerHooks, torch.optim.Adam):
+    "Adam (Kingma & Ba, arXiv 1412.6980) with L2 weight decay (`torch.optim.Adam`)."
+    name, knob_prefix = "adam", "adam"
+    def __init__(self, params, lr: float = 1e-3, # learning rate (the trainer's schedule sets it at every step)
+                 weight_decay: float = 5e-4, # L2 weight decay
+                ):
+        super().__init__(params, lr=check_float("lr", lr, lo=0), weight_decay=check_float("weight_decay", weight_decay, lo=0))
+
+for _mod in COMPONENT_MODULES: register_module(_mod)
+for _cls in (SGD, NesterovSGD, Adam): register(_cls)
 
 # %% ../nbs/11_train.ipynb #c008
 SCHEDULES = Registry("schedule")
@@ -130,77 +197,84 @@ def lr_at(cfg: TrainConfig, # the run's configuration
     return cfg.lr * SCHEDULES.get(cfg.schedule)(cfg, t)
 
 # %% ../nbs/11_train.ipynb #c012
-RECIPES: Dict[str, Dict[str, Any]] = {}
-for _mod in METHOD_MODULES:
-    for _name, _recipe in _mod.RECIPES.items():
-        if _name in RECIPES: raise ValueError(f"recipe {_name!r} is defined twice")
-        RECIPES[_name] = _recipe
+def components(cfg: TrainConfig) -> Dict[str, type]:
+    "The classes of the run's method, optimizer and (when there is one) weight perturbation."
+    out = dict(method=METHODS.get(cfg.method), optimizer=OPTIMIZERS.get(cfg.optimizer))
+    if cfg.perturbation != "none": out["perturbation"] = PERTURBATIONS.get(cfg.perturbation)
+    return out
+
+def _arguments(cls: type, cfg: TrainConfig) -> Dict[str, Any]:
+    "The constructor arguments of `cls` given explicitly in `cfg.knobs`."
+    return {k.arg: cfg.knobs[k.name] for k in knobs_of(cls) if k.name in cfg.knobs}
+
+def resolved_knobs(cfg: TrainConfig) -> Dict[str, Any]:
+    "Every knob of the run's components with its value: explicit, else the owner's default."
+    out: Dict[str, Any] = {}
+    for cls in components(cfg).values():
+        for k in knobs_of(cls): out.setdefault(k.name, cfg.knobs.get(k.name, k.default))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+def build_method(cfg: TrainConfig) -> Method:
+    "The run's `Method`, built from its knobs."
+    cls = METHODS.get(cfg.method)
+    return cls(cfg.threat, **_arguments(cls, cfg))
+
+def param_groups(params: Sequence[nn.Parameter], # the trainable parameters
+                 no_decay_bn_bias: bool, # True: no weight decay on 1-D parameters (batch-norm weights and biases)
+                ) -> Union[List[nn.Parameter], List[Dict[str, Any]]]:
+    "The parameters as the optimizer gets them: one group, or weights (decayed) and 1-D parameters (not decayed)."
+    params = [p for p in params if p.requires_grad]
+    if not no_decay_bn_bias: return params
+    return [dict(params=[p for p in params if p.dim() > 1]),
+            dict(params=[p for p in params if p.dim() <= 1], weight_decay=0.0)]
+
+def build_optimizer(cfg: TrainConfig, # the run's config
+                    params: Sequence[nn.Parameter], # the model's parameters
+                   ) -> torch.optim.Optimizer:
+    "The run's optimizer at the peak learning rate (the schedule rescales it at every step)."
+    cls = OPTIMIZERS.get(cfg.optimizer)
+    return cls(param_groups(params, cfg.no_decay_bn_bias), lr=cfg.lr, **_arguments(cls, cfg))
+
+def build_perturbation(cfg: TrainConfig, method: Method) -> Optional[WeightPerturbation]:
+    "The run's weight perturbation (None for 'none'), told the cost of the method's outer loss."
+    if cfg.perturbation == "none": return None
+    cls = PERTURBATIONS.get(cfg.perturbation)
+    return cls(**_arguments(cls, cfg)).bind(method)
 
 # %% ../nbs/11_train.ipynb #c014
-_FIELDS = {f.name: f for f in fields(TrainConfig)}
-
 def _coerce(name: str, value: Any) -> Any:
-    "Convert a parameter given as text or list (CLI, papermill) to the type of the `TrainConfig` field."
-    if name == "milestones":
-        if isinstance(value, str): value = [v for v in value.replace(" ", "").strip("()[]").split(",") if v]
-        try: return tuple(float(v) for v in value)
-        except (TypeError, ValueError): raise ValueError(f"milestones must be numbers, got {value!r}") from None
-    default = _FIELDS[name].default
-    if default is None:  # the optional fields: root, recipe, alpha, steps
-        if value is None or value in ("None", "none", ""): return None
-        if name in ("root", "recipe"): return str(value)
-        kind = int if name == "steps" else float
-        try: v = float(value)
-        except (TypeError, ValueError): raise ValueError(f"{name} must be a number or None, got {value!r}") from None
-        if kind is int and v != int(v): raise ValueError(f"{name} must be an integer or None, got {value!r}")
-        return kind(v)
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{name} must be true or false, got {value!r}")
-            return value.lower() in ("true", "1", "yes")
-        return bool(value)
-    if isinstance(default, int):
-        try: v = float(value)
-        except (TypeError, ValueError): raise ValueError(f"{name} must be an integer, got {value!r}") from None
-        if v != int(v): raise ValueError(f"{name} must be an integer, got {value!r}")
-        return int(v)
-    if isinstance(default, float):
-        try: return float(value)
-        except (TypeError, ValueError): raise ValueError(f"{name} must be a number, got {value!r}") from None
-    return value
+    "A run-level field given as text or list (CLI, papermill) converted to its annotated type."
+    if name not in _RUN_FIELDS: raise ValueError(f"unknown run-level field {name!r}")
+    return parse_value(name, _RUN_FIELDS[name].type, value)
 
 # %% ../nbs/11_train.ipynb #c016
-_FLOATS = ("lr", "momentum", "weight_decay", "lr_decay", "cyclic_peak", "eps", "alpha", "beta", "gamma", "plus_drop")
+_FLOATS = ("lr", "lr_decay", "cyclic_peak", "eps")
+
+def _closure_calls_vary(cls: type) -> bool:
+    "Whether an optimizer class may call its closure more than once per step."
+    return isinstance(inspect.getattr_static(cls, "closure_calls", 1), property) or getattr(cls, "closure_calls", 1) != 1
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    "Check every field of `cfg`; raise `ValueError` naming the field, the value and what is allowed."
-    METHODS.get(cfg.method); DATASETS.get(cfg.dataset); MODELS.get(cfg.arch)
-    SCHEDULES.get(cfg.schedule); OPTIMIZERS.get(cfg.optimizer)
+    "Check every field and knob of `cfg`; raise `ValueError` naming what is wrong and what is allowed."
+    load_plugins(cfg.plugins)
+    DATASETS.get(cfg.dataset); MODELS.get(cfg.arch); SCHEDULES.get(cfg.schedule)
+    comp = components(cfg)  # unknown method, optimizer or perturbation: the list of allowed names
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}: allowed are {', '.join(sorted(RECIPES))}")
-    for name in _FLOATS:  # NaN and inf are refused everywhere (nan < 0 is False: a plain comparison lets them through)
-        check_float(name, getattr(cfg, name), allow_none=name == "alpha")
+    for name in _FLOATS: check_float(name, getattr(cfg, name))  # NaN and inf are refused everywhere
     ThreatModel(cfg.norm, cfg.eps)  # validates norm and eps >= 0
-    for name in ("epochs", "batch_size", "eval_every", "eval_subset", "bs_points"): check_int(name, getattr(cfg, name), lo=1)
-    check_int("steps", cfg.steps, lo=1, allow_none=True)
-    for name in ("test_subset", "max_train_samples", "hessian_every", "plus_pgd_epochs", "aa_subset", "seed"):
+    for name in ("epochs", "batch_size", "eval_every", "eval_subset"): check_int(name, getattr(cfg, name), lo=1)
+    for name in ("test_subset", "max_train_samples", "hessian_every", "aa_subset", "seed"):
         check_int(name, getattr(cfg, name), lo=0)
     check_float("lr", cfg.lr, lo=0, lo_open=True)
-    check_float("alpha", cfg.alpha, lo=0, lo_open=True, allow_none=True)
-    check_float("weight_decay", cfg.weight_decay, lo=0)
-    check_float("momentum", cfg.momentum, lo=0, hi=1, hi_open=True)
     check_float("lr_decay", cfg.lr_decay, lo=0, hi=1, lo_open=True)
     check_float("cyclic_peak", cfg.cyclic_peak, lo=0, hi=1, lo_open=True, hi_open=True)
-    check_float("plus_drop", cfg.plus_drop, lo=0, hi=1, lo_open=True)
-    for name in ("beta", "gamma"): check_float(name, getattr(cfg, name), lo=0)
     for m in cfg.milestones: check_float("milestones", m)
     if cfg.eval_suite != "none" and cfg.eval_suite not in SUITES:
         raise ValueError(f"unknown eval_suite {cfg.eval_suite!r}: allowed are none, {', '.join(SUITES)}")
     spec = get_eval_attack(cfg.val_attack)
     if spec.name == "clean" or cfg.norm not in spec.norms:
         raise ValueError(f"val_attack {cfg.val_attack!r} cannot select checkpoints under {cfg.norm}: use apgd-ce or pgd<k>")
-    check_choice("attack_mode", cfg.attack_mode, ("eval", "train"))
     check_choice("hessian_loss", cfg.hessian_loss, ("ce", "kl"))
     check_choice("amp", cfg.amp, ("off", "bf16", "fp16"))
     check_choice("augment", cfg.augment, ("auto", "none", "crop_flip"))
@@ -211,23 +285,47 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not isinstance(cfg.out_dir, str) or not cfg.out_dir.strip():
         raise ValueError(f"out_dir must name a directory, got {cfg.out_dir!r}")
     if cfg.root is not None and not str(cfg.root).strip(): raise ValueError("root must name a directory or be None, got ''")
+    unused = sorted(set(cfg.knobs) - {k.name for cls in comp.values() for k in knobs_of(cls)})
+    if unused:
+        owners = "; ".join(f"{k}: {', '.join(o.owner for o in KNOBS.get(k, []))}" for k in unused)
+        raise ValueError(f"knob(s) {', '.join(unused)} not used by method {cfg.method}, optimizer {cfg.optimizer}, "
+                         f"perturbation {cfg.perturbation} ({owners})")
+    if cfg.amp == "fp16" and _closure_calls_vary(comp["optimizer"]):
+        raise ValueError(f"amp='fp16' cannot be used with optimizer {cfg.optimizer}, which calls its closure several times "
+                         "per step (a GradScaler cannot take a closure): use amp='bf16' or 'off'")
     dev = get_device(cfg.device)
     if cfg.amp == "fp16" and dev.type != "cuda": raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'off'")
-    build_method(cfg)  # the method checks its own arguments (beta, gamma, points, ...) here, before anything is written
+    method = build_method(cfg)  # every component checks its own knobs here, before anything is written
+    build_optimizer(cfg, [nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2))])
+    if "perturbation" in comp:
+        if is_fused(method): raise ValueError(f"method {cfg.method} has no inner/outer halves: perturbation {cfg.perturbation} cannot wrap it")
+        build_perturbation(cfg, method)
     return cfg
 
 def make_config(recipe: Optional[str] = None, # name of a recipe in RECIPES, or None
-                **overrides, # explicit TrainConfig fields; they win over the recipe
+                **params, # run-level fields and knobs given explicitly; they win over the recipe
                ) -> TrainConfig:
-    "Build and validate a `TrainConfig` from defaults, a recipe and explicit overrides."
-    unknown = sorted(set(overrides) - set(_FIELDS))
-    if unknown: raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: allowed are {', '.join(_FIELDS)}")
-    recipe = overrides.pop("recipe", recipe) if recipe is None else recipe
+    "Build and validate a `TrainConfig` from defaults, a recipe and explicit run-level fields and knobs."
+    recipe = params.pop("recipe", recipe) if recipe is None else recipe
+    params.pop("knobs", None)
+    load_plugins(params.get("plugins", ""))
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: allowed are {', '.join(sorted(RECIPES))}")
-    values = dict(RECIPES.get(recipe, {}))
-    values.update(overrides)
-    return validate(TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}, recipe=recipe))
+    base = dict(RECIPES.get(recipe, {}))
+    load_plugins(base.get("plugins", ""))
+    values = {**base, **params}
+    unknown = sorted(k for k in values if k not in _RUN_FIELDS and k not in KNOBS)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: allowed are the run-level fields "
+                         f"({', '.join(_RUN_FIELDS)}) and the knobs of the registered components ({', '.join(sorted(KNOBS))})")
+    if values.get("perturbation") is None: values["perturbation"] = "none"
+    run = {k: _coerce(k, v) for k, v in values.items() if k in _RUN_FIELDS and k != "recipe"}
+    knobs = {k: parse_value(k, KNOBS[k][0].annotation, v) for k, v in values.items() if k not in _RUN_FIELDS}
+    cfg = TrainConfig(**run, recipe=recipe, knobs=knobs)
+    comp = components(cfg)
+    used = {k.name for cls in comp.values() for k in knobs_of(cls)}
+    cfg.knobs = {k: v for k, v in knobs.items() if k in used or k in params}  # a recipe's knobs for other components drop out
+    return validate(cfg)
 
 # %% ../nbs/11_train.ipynb #c018
 def papermill_parameters() -> Optional[List[str]]:
@@ -241,16 +339,42 @@ def papermill_parameters() -> Optional[List[str]]:
                     for t in node.targets if isinstance(t, ast.Name)]
     return None
 
-def config_from_parameters(params: Dict[str, Any], # a namespace holding every TrainConfig field (e.g. globals())
+def config_from_parameters(params: Dict[str, Any], # a namespace holding the parameters (e.g. the notebook's globals())
                            explicit: Optional[Sequence[str]] = None, # the names given explicitly (None: papermill's, else those differing from the defaults)
                           ) -> TrainConfig:
     "Build the config of a papermill run: a recipe plus every parameter given explicitly."
     if explicit is None: explicit = papermill_parameters()
-    if explicit is None:
-        explicit = [f.name for f in fields(TrainConfig) if not (
-            tuple(params[f.name]) == f.default if f.name == "milestones" and isinstance(params[f.name], (list, tuple))
-            else params[f.name] == f.default)]
+    if explicit is None:  # a notebook edited by hand: what differs from the parameters cell's defaults
+        same = lambda f, v: (tuple(v) == f.default if isinstance(v, (list, tuple)) else v == f.default)
+        explicit = [k for k, f in _RUN_FIELDS.items() if k in params and not same(f, params[k])]
+        explicit += [k for k in KNOBS if params.get(k) is not None]
     return make_config(recipe=params.get("recipe"), **{k: params[k] for k in explicit if k != "recipe"})
+
+def parameters_cell() -> str:
+    "The source of `nbs/train.ipynb`'s parameters cell: every run-level field, then every knob of every registered component."
+    from fastcore.docments import docments
+    docs = docments(TrainConfig)
+    lines = []
+    for f in _RUN_FIELDS.values():
+        anno = {"Optional[float]": "float", "Optional[int]": "int", "Optional[str]": "str", "Tuple[float, ...]": "tuple"}.get(f.type, f.type)
+        val = json.dumps(f.default) if isinstance(f.default, str) else repr(f.default)
+        lines.append(f"{f.name}: {anno} = {val}  # {docs[f.name]}")
+    for name in sorted(KNOBS):
+        lines.append(f"{name}: {_knob_type(name)} = None  # {knob_help(name)}")
+    return "\n".join(lines)
+
+def _knob_type(name: str) -> str:
+    a = KNOBS[name][0].annotation.replace(" ", "")
+    a = a[len("Optional["):-1] if a.startswith("Optional[") else a
+    return {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(a, "str")
+
+def knob_help(name: str) -> str:
+    "The help text of a knob: what it is, and each owner's default (None in the namespace means: the owner's default)."
+    decl = KNOBS[name]
+    doc = SHARED_KNOBS.get(name) or decl[0].doc
+    defaults = ", ".join(f"{k.owner} {k.default!r}" for k in decl)
+    return f"{doc} [knob of {defaults}]".replace("=", ":")  # papermill's parser splits comments on '='
+
 
 # %% ../nbs/11_train.ipynb #c021
 @dataclass
@@ -273,21 +397,21 @@ def init_distributed(device: torch.device) -> DistInfo:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return info
 
-def allreduce_grads(params: Sequence[torch.Tensor], world_size: int):
-    "Average the `.grad` of `params` over all ranks with a single flat all-reduce."
-    grads = [p.grad for p in params if p.grad is not None]
-    if world_size <= 1 or not grads: return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    i = 0
-    for g in grads:
-        g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
+class _DDPOuter(nn.Module):
+    "A method's outer loss as one module call, so that DistributedDataParallel sees one forward per backward."
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.last = model, None
+    def forward(self, method: Method, x: torch.Tensor, y: torch.Tensor, adv: Adversarial) -> torch.Tensor:
+        out = self.last = method.outer(self.model, x, y, adv)
+        return out.loss if out.parts is None else torch.stack([p() for p in out.parts]).sum()
 
-def broadcast_module(model: nn.Module):
-    "Copy rank 0's parameters and buffers to every rank."
-    if not (dist.is_available() and dist.is_initialized()): return
-    for t in list(model.parameters()) + list(model.buffers()): dist.broadcast(t.data, 0)
+def ddp_outer(ddp: nn.Module) -> Callable:
+    "The `outer` of `composed_step` that routes the outer loss through a DDP-wrapped `_DDPOuter`."
+    def outer(method, x, y, adv):
+        loss = ddp(method, x, y, adv)
+        return dataclasses.replace(ddp.module.last, loss=loss, parts=None)
+    return outer
 
 # %% ../nbs/11_train.ipynb #c023
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.pt", "checkpoint.pt", "curves.png")
@@ -359,8 +483,30 @@ class RunLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
-def _cfg_json(cfg: TrainConfig) -> Dict[str, Any]:
-    d = asdict(cfg); d["milestones"] = list(cfg.milestones); return d
+def config_json(cfg: TrainConfig) -> Dict[str, Any]:
+    "What `config.json` holds: the run-level fields and the value of every knob of the run's components (plain values)."
+    d = {k: getattr(cfg, k) for k in _RUN_FIELDS}
+    d["milestones"] = list(cfg.milestones)
+    return {**d, **resolved_knobs(cfg)}
+
+def config_from_json(d: Dict[str, Any], **overrides) -> TrainConfig:
+    "The `TrainConfig` a `config.json` (of this version) describes, with `overrides`."
+    return make_config(**{**d, **overrides})
+
+_WAVE1_KNOBS = ("alpha", "steps", "beta", "gamma", "bs_points", "attack_mode", "plus_drop", "plus_pgd_epochs", "momentum",
+                "weight_decay") # the fields of robustnb's first config format that are knobs today
+
+def upgrade_config(old: Dict[str, Any]) -> Dict[str, Any]:
+    "A config of robustnb's first version (one flat TrainConfig) in today's names: run-level fields and the run's knobs."
+    d = {k: v for k, v in old.items() if k in _RUN_FIELDS}
+    if "eval_steps" in old: d["val_attack"] = f"pgd{old['eval_steps']}"  # the former PGD-k selection
+    comp = components(TrainConfig(method=old["method"], optimizer=old.get("optimizer", "sgd")))
+    names = {k.name for cls in comp.values() for k in knobs_of(cls)}
+    rename = {"gamma": "bs_gamma", **({"steps": "plus_pgd_steps"} if old["method"] == "fast_at_plus" else {})}
+    for k in _WAVE1_KNOBS:
+        new = rename.get(k, k)
+        if old.get(k) is not None and new in names: d[new] = old[k]
+    return config_json(make_config(**d))
 
 def _diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     return [f"{k}: {old.get(k)!r} in the checkpoint, {new[k]!r} now" for k in new
@@ -375,21 +521,21 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> Dict[str, Any]:
                          "converted, if you trust its origin, with robustnb.train.upgrade_checkpoint(path)") from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise ValueError(f"cannot resume: {path} is not a robustnb checkpoint (format {CKPT_FORMAT})")
-    diff = _diff(ck["config"], _cfg_json(cfg))
+    diff = _diff(ck["config"], config_json(cfg))
     if diff: raise ValueError("cannot resume: the checkpoint was made with another configuration: " + "; ".join(diff))
     if cfg.epochs < ck["epoch"]:
         raise ValueError(f"cannot resume: the checkpoint has finished {ck['epoch']} epochs, more than epochs={cfg.epochs}")
     return ck
 
 def upgrade_checkpoint(path: Union[str, Path]) -> Path:
-    "Rewrite a checkpoint of format 1 (pickled NumPy/Python RNG states) in the safe format; only for files you trust."
+    "Rewrite a checkpoint of format 1 (pickled RNG states, the first config names) in today's safe format; only for files you trust."
     path = Path(path)
     ck = torch.load(path, map_location="cpu", weights_only=False)  # executes whatever the pickle holds: trusted files only
     if not isinstance(ck, dict) or ck.get("format") != "robustnb-checkpoint-1":
         raise ValueError(f"{path} is not a robustnb checkpoint of format 1")
     rng = ck["rng"]
     ck.update(format=CKPT_FORMAT, rng=_rng_state_of(rng["python"], rng["numpy"], rng["torch"], rng.get("cuda")),
-              method=ck.get("method") or {}, resumes=[])
+              method=ck.get("method") or {}, perturbation={}, resumes=[], config=upgrade_config(ck["config"]))
     atomic_torch_save(ck, path)
     return path
 
@@ -409,7 +555,7 @@ def prepare_out_dir(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
         if set(present) <= {"config.json", "history.jsonl"} and not (hist.exists() and hist.read_text().strip()):
             try: old = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
             except ValueError: old = None
-            diff = None if old is None else _diff(old, _cfg_json(cfg))
+            diff = None if old is None else _diff(old, config_json(cfg))
             if diff == []: return None  # killed before its first checkpoint: start it again
             raise ValueError(f"cannot resume: {out} holds a run that stopped before its first checkpoint, with another "
                              f"configuration ({'; '.join(diff) if diff else 'unreadable config.json'}); pass "
@@ -446,25 +592,6 @@ def _set_rng_state(st: Dict[str, Any]):
 def _autocast(device: torch.device, amp: str):
     if amp == "off": return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-def train_step(model: nn.Module, # the model being trained (in train mode)
-               method: Method, # turns (model, x, y) into the batch loss
-               opt: torch.optim.Optimizer, # applies the update
-               x: torch.Tensor, y: torch.Tensor, # one (local) batch in [0,1]
-               amp: str = "off", # off, bf16 or fp16
-               scaler: Optional[torch.amp.GradScaler] = None, # needed for fp16
-               world_size: int = 1, # average gradients over this many ranks
-              ) -> MethodOutput:
-    "One optimizer step of `method` on `(x, y)`."
-    with _autocast(x.device, amp):
-        out = method(model, x, y)
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None: scaler.scale(out.loss).backward()
-    else: out.loss.backward()
-    allreduce_grads([p for p in model.parameters() if p.requires_grad], world_size)
-    if scaler is not None: scaler.step(opt); scaler.update()
-    else: opt.step()
-    return out
 
 # %% ../nbs/11_train.ipynb #c027
 @dataclass
@@ -514,10 +641,12 @@ class TrainState:
     step_model: nn.Module # the model the training step runs (compiled when cfg.compile)
     method: Method
     opt: torch.optim.Optimizer
+    perturbation: Optional[WeightPerturbation]
     scaler: Optional[torch.amp.GradScaler]
     batches: Batches
     x_val: torch.Tensor
     y_val: torch.Tensor
+    outer: Optional[Callable] = None # the outer loss through DistributedDataParallel (None: a single process)
     lock: Optional[RunLock] = None
     history: List[Dict[str, Any]] = field(default_factory=list)
     start: int = 0 # epochs finished before this call (resume)
@@ -533,7 +662,7 @@ class TrainState:
 def setup(cfg: TrainConfig, # a validated config
           progress: bool = True, # show progress bars
          ) -> TrainState:
-    "Step 1 of `fit`: data, the lock on out_dir, model, method, optimizer, and the checkpoint to resume from."
+    "Step 1 of `fit`: data, the lock on out_dir, model, method, optimizer, perturbation, and the checkpoint to resume from."
     device = get_device(cfg.device)
     dinfo = init_distributed(device)
     if dinfo.enabled and device.type == "cuda":
@@ -543,7 +672,7 @@ def setup(cfg: TrainConfig, # a validated config
     holder = RunLock.holder(cfg.out_dir) if dinfo.is_main else None
     if holder: raise RunLocked(f"out_dir {cfg.out_dir} is in use by another run ({holder}): wait for it to finish, or "
                                "choose another out_dir")
-    prepare_out_dir(cfg)  # fail early on a folder that holds another run (checked again under the lock)
+    if dinfo.is_main: prepare_out_dir(cfg)  # fail early on a folder that holds another run (checked again under the lock)
     data = get_data(cfg.dataset, root=cfg.root, device=device, val_size=cfg.eval_subset, seed=cfg.seed,
                     download=cfg.download)
     x_tr, y_tr = data.x_train, data.y_train
@@ -555,30 +684,42 @@ def setup(cfg: TrainConfig, # a validated config
     lock = RunLock(out).acquire() if dinfo.is_main else None
     try:
         ckpt = prepare_out_dir(cfg) if dinfo.is_main else None  # under the lock: no other run can slip in between
+        if dinfo.enabled:  # the other ranks read the checkpoint rank 0 resumes from (after rank 0 checked it)
+            flag = [ckpt is not None]; dist.broadcast_object_list(flag, src=0)
+            if flag[0] and not dinfo.is_main: ckpt = load_checkpoint(out / "checkpoint.pt", cfg)
         set_seed(cfg.seed)  # the model's initialization depends on the seed only
-        model = get_model(cfg.arch, dataset=dataset_info(cfg.dataset)).to(device)
+        model = get_model(cfg.arch, dataset=dataset_info(cfg.dataset))
+        if dinfo.enabled and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device)
         if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
         method = build_method(cfg)
-        opt = OPTIMIZERS.get(cfg.optimizer)(model.parameters(), cfg)
+        perturbation = build_perturbation(cfg, method)
+        opt = build_optimizer(cfg, model.parameters())
         scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-        st = TrainState(cfg, device, dinfo, out, data, model, torch.compile(model) if cfg.compile else model, method, opt,
-                        scaler, batches, data.x_val, data.y_val, lock, progress=progress)
+        step_model = torch.compile(model) if cfg.compile else model
+        st = TrainState(cfg, device, dinfo, out, data, model, step_model, method, opt, perturbation, scaler, batches,
+                        data.x_val, data.y_val, lock=lock, progress=progress)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
             if scaler is not None and ckpt.get("scaler"): scaler.load_state_dict(ckpt["scaler"])
             st.history, st.start, st.best, st.resumes = ckpt["history"], ckpt["epoch"], ckpt["best"], ckpt["resumes"]
             method.load_state_dict(ckpt["method"])
+            if perturbation is not None: perturbation.load_state_dict(ckpt["perturbation"])
             _set_rng_state(ckpt["rng"])
             st.resumes.append(dict(at_epoch=ckpt["epoch"], epochs_before=ckpt["config"]["epochs"], epochs_after=cfg.epochs))
         st.train_time = sum(h["epoch_time_s"] for h in st.history)
         if dinfo.rank > 0:  # other random starts on every shard; rank 0 keeps the seeded (and checkpointed) stream
             torch.manual_seed(cfg.seed + 7919 * dinfo.rank + 104729 * st.start)
-        broadcast_module(model)
+        if dinfo.enabled:  # DDP broadcasts rank 0's weights and buffers, and all-reduces the gradients in buckets
+            from torch.nn.parallel import DistributedDataParallel
+            if is_fused(method): raise ValueError(f"method {cfg.method} has no inner/outer halves: it cannot run under torchrun")
+            ddp = DistributedDataParallel(_DDPOuter(step_model), device_ids=[device.index] if device.type == "cuda" else None)
+            st.outer = ddp_outer(ddp)
         if dinfo.is_main:
             for p in _stale_tmp_files(out): p.unlink()  # left by a write that a kill interrupted
             if ckpt is None:
                 for f in RUN_FILES + EVAL_FILES: (out / f).unlink(missing_ok=True)
-            atomic_write_text(out / "config.json", json.dumps(_cfg_json(cfg), indent=2))
+            atomic_write_text(out / "config.json", json.dumps(config_json(cfg), indent=2))
             atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in st.history))
         return st
     except BaseException:
@@ -592,45 +733,72 @@ def _diverged(st: TrainState, epoch: int, batch: int, what: str) -> TrainingDive
                             f"(lr {lr_at(st.cfg, epoch + batch / len(st.batches)):.4g}); the run stopped and {kept}. "
                             "Lower lr, check weight_decay and the method's knobs, or train with amp off")
 
+def _hooks(st: TrainState, epoch: int, x_check: torch.Tensor, y_check: torch.Tensor) -> Dict[str, Any]:
+    "Every component's epoch hook; what they return goes into the epoch's record."
+    rec = dict(st.method.on_epoch_start(st.model, x_check, y_check, epoch) or {})
+    rec.update(st.opt.on_epoch_start(epoch) or {})
+    if st.perturbation is not None: rec.update(st.perturbation.on_epoch_start(epoch) or {})
+    return rec
+
 def train_epoch(st: TrainState, # the run
                 epoch: int, # the epoch to train (0-based)
                ) -> Dict[str, Any]:
-    "Step 2 of `fit`: one epoch of optimizer steps; returns the epoch's history record (before validation)."
+    "Step 2 of `fit`: one epoch of composed optimizer steps; returns the epoch's history record (before validation)."
     cfg, device = st.cfg, st.device
     st.batches.set_epoch(epoch)
-    x_check, y_check = to_float(st.batches.x[:cfg.batch_size]), st.batches.y[:cfg.batch_size]
-    hook = st.method.on_epoch_start(st.model, x_check, y_check, epoch) or {}
-    nb = len(st.batches)
+    hook = _hooks(st, epoch, to_float(st.batches.x[:cfg.batch_size]), st.batches.y[:cfg.batch_size])
+    nb, calls = len(st.batches), st.opt.closure_calls
+    steps = nb // calls
+    if steps == 0:
+        raise ValueError(f"optimizer {cfg.optimizer} draws {calls} minibatches per step but an epoch has {nb}: lower its "
+                         "number of closure calls or batch_size, or use more training examples")
+    batches = iter(st.batches)
     tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, examples: read once per refresh
-    bad = torch.full((), -1, dtype=torch.long, device=device)  # index of the first batch with a non-finite loss
-    steps = torch.arange(nb, device=device)  # batch indices on the device: no host-to-device copy inside the loop
-    bar = tqdm(total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+    extra: Dict[str, torch.Tensor] = {}  # the methods' own statistics (sums weighted by batch size), on the device
+    bad = torch.full((), -1, dtype=torch.long, device=device)  # index of the first minibatch with a non-finite loss
+    index = torch.arange(nb, device=device)  # minibatch indices on the device: no host-to-device copy inside the loop
+    seen = [0]
+    def record(out, loss, x, y):
+        nonlocal bad
+        l = loss.detach().double()
+        bad = torch.where((bad < 0) & ~torch.isfinite(l), index[seen[0]], bad)
+        correct = (out.logits[:len(y)].argmax(1) == y).sum().double() if out.logits is not None else l.new_zeros(())
+        tot.add_(torch.stack([l * len(y), correct, l.new_full((), float(len(y)))]))
+        for k, v in out.stats.items():
+            v = torch.as_tensor(v, device=device, dtype=torch.float64).detach() * len(y)
+            extra[k] = extra[k] + v if k in extra else v
+        seen[0] += 1
+    amp = (lambda: _autocast(device, cfg.amp)) if cfg.amp != "off" else None
+    bar = tqdm(total=steps * calls, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
                disable=not (st.progress and st.main))
+    counting = count_passes(st.model) if not cfg.compile else contextlib.nullcontext(None)
     t0 = refresh = time.perf_counter()
-    with train_mode(st.model), Timer(device) as tm:
-        for i, (x, y) in enumerate(st.batches):
-            for g in st.opt.param_groups: g["lr"] = lr_at(cfg, epoch + i / nb)
-            if cfg.channels_last and x.dim() == 4: x = x.contiguous(memory_format=torch.channels_last)
-            o = train_step(st.step_model, st.method, st.opt, x, y, cfg.amp, st.scaler, st.dinfo.world_size)
-            loss = o.loss.detach().double()
-            bad = torch.where((bad < 0) & ~torch.isfinite(loss), steps[i], bad)
-            correct = (o.logits.argmax(1) == y).sum().double() if o.logits is not None else loss.new_zeros(())
-            tot += torch.stack([loss * len(y), correct, loss.new_full((), float(len(y)))])
-            bar.update(1)
-            if time.perf_counter() - refresh > 2.0 or i == nb - 1:  # the only reads of device values inside the epoch
+    with train_mode(st.model), counting as passes, Timer(device) as tm:
+        for s in range(steps):
+            for g in st.opt.param_groups: g["lr"] = lr_at(cfg, epoch + s * calls / nb)
+            composed_step(st.step_model, st.method, st.opt, batches, st.perturbation, outer=st.outer, autocast=amp,
+                          scaler=st.scaler, record=record)
+            bar.update(calls)
+            if time.perf_counter() - refresh > 2.0 or s == steps - 1:  # the only reads of device values inside the epoch
                 refresh = time.perf_counter()
-                b, (ls, _, nn_) = int(bad), tot.tolist()
+                b, (ls, _, seen_n) = int(bad), tot.tolist()
                 if b >= 0: bar.close(); raise _diverged(st, epoch, b, "the training loss is not finite")
-                bar.set_postfix(loss=f"{ls / nn_:.4f}", img_s=f"{nn_ / max(refresh - t0, 1e-9):.0f}")
+                bar.set_postfix(loss=f"{ls / seen_n:.4f}", img_s=f"{seen_n / max(refresh - t0, 1e-9):.0f}")
     bar.close()
     if not bool(torch.stack([p.detach().float().sum() for p in st.model.parameters()]).sum().isfinite()):
-        raise _diverged(st, epoch, nb - 1, "the weights are not finite")
-    if st.dinfo.enabled: dist.all_reduce(tot)  # every rank saw its own shard: sum the statistics
+        raise _diverged(st, epoch, seen[0] - 1, "the weights are not finite")
+    local_n = float(tot[2])
+    if st.dinfo.enabled:  # every rank saw its own shard: sum the statistics
+        dist.all_reduce(tot)
+        for v in extra.values(): dist.all_reduce(v)
     loss_sum, correct, n = tot.tolist()
     st.train_time += tm.elapsed
+    declared = st.method.grad_evals + (st.perturbation.grad_evals if st.perturbation is not None else 0)
     return dict(epoch=epoch + 1, lr=lr_at(cfg, epoch + 1 - 1e-9), train_loss=loss_sum / n, train_acc=correct / n,
                 val_clean_acc=None, val_robust_acc=None, val_attack=None, epoch_time_s=tm.elapsed,
-                images_per_s=n / tm.elapsed, grad_evals_per_sample=st.method.grad_evals, planned_epochs=cfg.epochs, **hook)
+                images_per_s=n / tm.elapsed, grad_evals_per_sample=declared,
+                passes_per_sample=None if passes is None else passes.backward / local_n, steps=steps,
+                closure_calls=calls, planned_epochs=cfg.epochs, **{k: v.item() / n for k, v in extra.items()}, **hook)
 
 def validate_epoch(st: TrainState, rec: Dict[str, Any]):
     "Step 3 of `fit`: held-out clean and `val_attack` accuracy, the input-Hessian log, and the best model so far."
@@ -651,9 +819,10 @@ def save_checkpoint(st: TrainState, rec: Dict[str, Any]):
     "Step 4 of `fit`: the epoch's history line and everything needed to resume, atomically."
     st.history.append(rec)
     if not st.main: return
-    atomic_torch_save(dict(format=CKPT_FORMAT, config=_cfg_json(st.cfg), epoch=rec["epoch"], model=st.model.state_dict(),
+    atomic_torch_save(dict(format=CKPT_FORMAT, config=config_json(st.cfg), epoch=rec["epoch"], model=st.model.state_dict(),
                            optimizer=st.opt.state_dict(), scaler=st.scaler.state_dict() if st.scaler else None,
                            best=st.best, history=st.history, rng=_rng_state(), method=st.method.state_dict(),
+                           perturbation=st.perturbation.state_dict() if st.perturbation is not None else {},
                            resumes=st.resumes), st.out / "checkpoint.pt")
     atomic_write_text(st.out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in st.history))
 
@@ -668,13 +837,13 @@ def finish(st: TrainState) -> RunResult:
         res = evaluate(st.model, x_te, y_te, cfg.threat, ["clean", cfg.val_attack], seed=cfg.seed, checks=False,
                        progress=False)
         attack = get_eval_attack(cfg.val_attack).name
-        metrics = dict(method=cfg.method, dataset=cfg.dataset, arch=cfg.arch, seed=cfg.seed, config=_cfg_json(cfg),
-                       train_time_s=st.train_time, grad_evals_per_sample=st.method.grad_evals,
+        metrics = dict(method=cfg.method, dataset=cfg.dataset, arch=cfg.arch, seed=cfg.seed, config=config_json(cfg),
+                       train_time_s=st.train_time, grad_evals_per_sample=st.history[-1]["grad_evals_per_sample"] if st.history else st.method.grad_evals,
                        best_epoch=st.best["epoch"] or cfg.epochs, n_test=len(y_te), clean_acc=res["clean"].accuracy,
                        robust_acc={attack: res[attack].accuracy}, headline=res.headline,
                        headline_source="fit: the selection attack on the test set (replaced by the evaluation suite's "
                                        "worst case when it runs)", resumes=st.resumes)
-        save_run_model(st.out / "model.pt", st.model, _cfg_json(cfg))
+        save_run_model(st.out / "model.pt", st.model, config_json(cfg))
         atomic_write_text(st.out / "metrics.json", json.dumps(metrics, indent=2))
         _plot_curves(st.history, st.out / "curves.png", f"{cfg.method} on {cfg.dataset}/{cfg.arch}, ε={cfg.eps:.4g} "
                      f"({cfg.norm})", get_eval_attack(cfg.val_attack).title)
@@ -719,21 +888,45 @@ def evaluate_after_fit(run: RunResult, # what fit returned
 def _field_docs() -> Dict[str, str]:
     "The trailing comments of `TrainConfig`'s fields (docments), used as help texts."
     from fastcore.docments import docments
-    return {k: (v or "") for k, v in docments(TrainConfig).items() if k in _FIELDS}
+    return {k: (v or "") for k, v in docments(TrainConfig).items() if k in _RUN_FIELDS}
+
+class _Parser(argparse.ArgumentParser):
+    "argparse with one-line errors (the usage is what --help is for)."
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 def build_parser() -> argparse.ArgumentParser:
-    "An argument parser with one flag per `TrainConfig` field; unset flags stay absent."
-    p = argparse.ArgumentParser(prog="robustnb-train", description="Adversarially robust training with robustnb.",
-                                argument_default=argparse.SUPPRESS)
+    "An argument parser with one flag per run-level field and per knob of every registered component; unset flags stay absent."
+    p = _Parser(prog="robustnb-train", description="Adversarially robust training with robustnb.",
+                argument_default=argparse.SUPPRESS)
     docs = _field_docs()
-    for f in fields(TrainConfig):
-        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        flag = isinstance(f.default, bool)  # --resume alone means --resume true
-        p.add_argument(*flags, dest=f.name, metavar=type(f.default).__name__.upper() if f.default is not None else "VALUE",
-                       nargs="?" if flag else None, const="true" if flag else None,
-                       help=f"{docs.get(f.name, '')} (default: {f.default})")
+    def add(group, name, help, metavar, flag):
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        group.add_argument(*flags, dest=name, metavar=metavar, nargs="?" if flag else None,
+                           const="true" if flag else None, help=help)  # --resume alone means --resume true
+    run = p.add_argument_group("run-level settings")
+    for f in _RUN_FIELDS.values():
+        add(run, f.name, f"{docs.get(f.name, '')} (default: {f.default})",
+            type(f.default).__name__.upper() if f.default is not None else "VALUE", isinstance(f.default, bool))
+    groups = {"method": p.add_argument_group("knobs of the methods (--method)"),
+              "optimizer": p.add_argument_group("knobs of the optimizers (--optimizer)"),
+              "perturbation": p.add_argument_group("knobs of the weight perturbations (--perturbation)")}
+    kind = {**{c.name: "method" for c in map(METHODS.get, METHODS.names())},
+            **{c.name: "optimizer" for c in map(OPTIMIZERS.get, OPTIMIZERS.names())},
+            **{c.name: "perturbation" for c in map(PERTURBATIONS.get, PERTURBATIONS.names())}}
+    for name in sorted(KNOBS):
+        add(groups[kind.get(KNOBS[name][0].owner, "method")], name, knob_help(name), _knob_type(name).upper(),
+            _knob_type(name) == "bool")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return p
+
+def _preload_plugins(argv: Optional[Sequence[str]]):
+    "Register the modules of --plugins before the parser is built, so their knobs become flags."
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default="")
+    known, _ = pre.parse_known_args(argv)
+    load_plugins(known.plugins)
 
 def _error(e: BaseException) -> str:
     "One line: the message with its line breaks folded."
@@ -741,6 +934,8 @@ def _error(e: BaseException) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `robustnb-train`: 0 when done, 2 for a user error (one line, no traceback), 1 when training diverged."
+    try: _preload_plugins(argv)
+    except ValueError as e: print(f"robustnb-train: error: {_error(e)}", file=sys.stderr); return 2
     args = vars(build_parser().parse_args(argv))
     quiet = args.pop("quiet")
     try:

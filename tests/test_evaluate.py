@@ -258,7 +258,8 @@ def test_evaluate_run_and_compare(tmp_path, one_thread):
     from robustnb.train import fit, make_config  # evaluate sits below train: only the test imports it
     runs = [tmp_path / "standard", tmp_path / "trades"]
     for method, d in zip(("standard", "trades"), runs):
-        fit(make_config(method=method, epochs=1, steps=3, out_dir=str(d), test_subset=60), progress=False)
+        knobs = dict(steps=3) if method == "trades" else {}   # a knob the method does not take is refused
+        fit(make_config(method=method, epochs=1, **knobs, out_dir=str(d), test_subset=60), progress=False)
     for d, suite, checks in zip(runs, ("pgd", ["pgd20"]), (True, False)):
         ev = evaluate_run(d, suite=suite, n=60, check_n=30, checks=checks, progress=False)
         saved = json.loads((d / "eval.json").read_text())

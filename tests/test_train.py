@@ -27,26 +27,39 @@ def _parameters_cell():
 
 
 def test_parameters_cell_mirrors_trainconfig():
+    from robustnb.train import KNOBS, parameters_cell
     src = _parameters_cell()
+    assert src == parameters_cell(), "nbs/train.ipynb is out of date: paste robustnb.train.parameters_cell() into it"
     tree = ast.parse(src)
     assigns = [n for n in tree.body if isinstance(n, ast.AnnAssign)]
     assert len(assigns) == len(tree.body), "the parameters cell holds only annotated assignments"
     params = {n.target.id: ast.literal_eval(n.value) for n in assigns}
-    cfg_fields = {f.name: f.default for f in fields(TrainConfig)}
-    assert list(params) == list(cfg_fields), "same names, same order as TrainConfig"
+    cfg_fields = {f.name: f.default for f in fields(TrainConfig) if f.name != "knobs"}
+    assert list(params)[:len(cfg_fields)] == list(cfg_fields), "the run-level fields, in TrainConfig's order"
+    assert list(params)[len(cfg_fields):] == sorted(KNOBS), "then every knob of every registered component"
     for k, v in params.items():
-        d = cfg_fields[k]
+        d = cfg_fields.get(k)
         assert (tuple(v) if isinstance(v, (list, tuple)) else v) == d, f"default of {k}: notebook {v!r}, TrainConfig {d!r}"
     for line in src.splitlines():  # papermill --help-notebook documents parameters from their trailing comments
         assert "  # " in line, f"parameter without a comment: {line}"
 
 
 def test_papermill_help_documents_every_parameter():
+    from robustnb.train import KNOBS
     out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(TRAIN_NB)],
                          capture_output=True, text=True, check=True).stdout
-    for f in fields(TrainConfig):
-        assert f"  {f.name}:" in out, f"{f.name} missing from papermill --help-notebook"
-    assert "peak learning rate" in out
+    for name in [f.name for f in fields(TrainConfig) if f.name != "knobs"] + sorted(KNOBS):
+        assert f"  {name}:" in out, f"{name} missing from papermill --help-notebook"
+    assert "peak learning rate" in out and "knob of trades 6.0" in out and "knob of entropy_sgd 20" in out
+
+
+def test_cli_help_lists_every_knob_with_its_comment_and_defaults():
+    from robustnb.train import KNOBS
+    out = subprocess.run([shutil.which("robustnb-train"), "--help"], capture_output=True, text=True, check=True).stdout
+    flat = " ".join(out.split())
+    for name in KNOBS: assert f"--{name}" in out, name
+    assert "knobs of the methods" in out and "knobs of the optimizers" in out and "knobs of the weight perturbations" in out
+    assert "scale of the output-space noise [knob of bs 1.0, bs_at 1.0]" in flat
 
 
 def test_papermill_run_writes_a_complete_run(tmp_path):
@@ -164,7 +177,8 @@ def test_diverging_run_stops_loud_and_nothing_bad_is_refused_late(tmp_path):
     # refused before anything is written: non-finite numbers, a negative decay, no held-out split, no folder, bad knobs
     for bad, what in [(["--weight_decay", "nan"], "weight_decay"), (["--lr", "inf"], "lr"), (["--eps", "nan"], "eps"),
                       (["--lr_decay", "-0.1"], "lr_decay"), (["--eval_subset", "0"], "eval_subset"),
-                      (["--beta", "-1"], "beta"), (["--gamma", "-1"], "gamma"), (["--momentum", "nan"], "momentum"),
+                      (["--beta", "-1"], "beta"), (["--method", "bs", "--bs_gamma", "-1"], "gamma"),
+                      (["--gamma", "1"], "unrecognized arguments: --gamma"), (["--method", "pgd_at", "--beta", "1"], "not used"), (["--momentum", "nan"], "momentum"),
                       (["--alpha", "nan"], "alpha"), (["--cyclic_peak", "inf"], "cyclic_peak")]:
         out = tmp_path / f"bad_{what}"
         line = one_line_error(cli(*FAST, *bad, "--out_dir", out))
