@@ -49,7 +49,7 @@ class ATENT(Method):
                  gamma: Optional[float] = None, # pull γ·(x − x') per step, in [0, 1] (None: 0.05 for L2, 0 for Linf)
                  noise: float = 1e-3, # noise scale ε of ε·√(2η')·N (the code's ep)
                  decay: float = 0.9, # α of the exponential average of the losses (1: last iterate only)
-                 project: str = "last", # ε-ball projection of the chain: 'last' (Alg. 2), 'every' or 'never'
+                 project: str = "every", # ε-ball projection of the chain: 'every' (MNIST code), 'last' (Alg. 2, CIFAR code) or 'never'
                  direction: str = "auto", # step direction: 'auto' (sign for Linf, normalized for L2), 'sign', 'normalized', 'raw'
                  attack_mode: str = "eval", # model mode during the Langevin chain: 'eval' or 'train' (the authors' code)
                  chunked: bool = False, # return the loss as terms to back-propagate one at a time (1/K of the activation memory)
@@ -63,6 +63,7 @@ class ATENT(Method):
         self.noise = check_float("noise", noise, lo=0)
         self.decay = check_float("decay", decay, lo=0, hi=1, lo_open=True)
         self.project = check_choice("project", project, LANGEVIN_PROJECT)
+        self.leaves_threat_set = self.project != "every" # 'last'/'never': earlier iterates train outside the ε-ball
         self.direction = check_choice("direction", direction, LANGEVIN_DIRECTIONS)
         self.attack_mode = check_choice("attack_mode", attack_mode, ("eval", "train"))
         self.chunked = check_choice("chunked", chunked, (False, True))

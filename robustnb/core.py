@@ -335,6 +335,7 @@ class Method:
     own_knobs: Tuple[str, ...] = () # arguments named like a shared knob that mean something else here (they get the prefix)
     grad_evals: int = 1 # forward+backward passes per sample, including the parameter gradient
     outer_evals: int = 1 # forward+backward passes per sample of one evaluation of `outer` (what AWP's proxy step costs)
+    leaves_threat_set: bool = False # True where a method trains on points outside the ε-ball by design (ATENT's 'last')
 
     def __init__(self, threat: Optional[ThreatModel] = None): # the threat model (a method without an attack may ignore it)
         self.threat = threat

@@ -295,6 +295,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                          "per step (a GradScaler cannot take a closure): use amp='bf16' or 'off'")
     dev = get_device(cfg.device)
     if cfg.amp == "fp16" and dev.type != "cuda": raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'off'")
+    if cfg.sync_bn and dev.type != "cuda": raise ValueError("sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
     method = build_method(cfg)  # every component checks its own knobs here, before anything is written
     build_optimizer(cfg, [nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2))])
     if "perturbation" in comp:
