@@ -84,13 +84,13 @@ class ATENT(Method):
             logits = [model(p) for p in points]
             losses = [F.cross_entropy(z, y) for z in logits]
             return MethodOutput(sum(w * l for w, l in zip(weights, losses)), logits=logits[-1], x_adv=points[-1],
-                                stats=dict(loss_last=losses[-1].item()))
+                                stats=dict(loss_last=losses[-1].detach()))
         term = lambda p, w: w * F.cross_entropy(model(p), y)
         with torch.no_grad(), buffers_restored(model):  # the value of the loss; the parts recompute it with a graph
             logits = [model(p) for p in points]
             losses = [F.cross_entropy(z, y) for z in logits]
         return MethodOutput(sum(w * l for w, l in zip(weights, losses)), logits=logits[-1], x_adv=points[-1],
-                            stats=dict(loss_last=losses[-1].item()),
+                            stats=dict(loss_last=losses[-1].detach()),
                             parts=[functools.partial(term, p, w) for p, w in zip(points, weights)])
 
     def __repr__(self):

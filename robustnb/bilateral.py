@@ -170,7 +170,7 @@ class BilateralAT(Method):
         labels = adv.aux["labels"]
         loss = soft_cross_entropy(model(adv.x_adv), labels)
         eps_y = 1 - labels.gather(1, y[:, None]).mean()
-        return MethodOutput(loss, logits=adv.aux["clean_logits"], x_adv=adv.x_adv, stats=dict(label_eps=eps_y.item()))
+        return MethodOutput(loss, logits=adv.aux["clean_logits"], x_adv=adv.x_adv, stats=dict(label_eps=eps_y.detach()))
 
 # %% ../nbs/09_bilateral.ipynb #c035
 def _bat_cifar(**kw) -> Dict[str, Any]:
