@@ -432,7 +432,7 @@ class WideResNet(nn.Module):
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40), got {depth!r}")
         check_int("widen_factor", widen_factor, lo=1)
-        check_float("dropout", dropout, 0.0, 1.0, hi_open=True)
+        check_float("dropout", dropout, 0, 1, hi_open=True)
         n, ch = (depth - 4) // 6, [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.depth, self.widen_factor = depth, widen_factor
         self.conv1 = nn.Conv2d(in_channels, ch[0], 3, 1, 1, bias=False)
@@ -513,7 +513,7 @@ class MadryWideResNet(nn.Module):
         super().__init__()
         _check_counts(in_channels, num_classes)
         check_int("widen_factor", widen_factor, lo=1); check_int("units", units, lo=1)
-        check_float("leak", leak, 0.0, 1.0, hi_open=True)
+        check_float("leak", leak, 0, 1, hi_open=True)
         filters = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.leak = leak
         self.init_conv = Conv2dSame(in_channels, filters[0], 3, 1)
