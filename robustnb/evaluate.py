@@ -30,10 +30,9 @@ from .attacks import CWL2, FGSM, MIFGSM, PGD, Attack, DeepFool, RayS, check_inpu
 # %% auto #0
 __all__ = ['AA_VERSIONS', 'AA_BATCH', 'EVAL_ATTACKS', 'SUITES', 'MODEL_FORMAT', 'attack_accuracy', 'accuracy', 'pgd_accuracy',
            'BatchVerdict', 'EvalAttack', 'autoattack', 'apgd', 'get_eval_attack', 'resolve_suite', 'AttackResult',
-           'Check', 'worst_case', 'frozen_eval', 'evaluate', 'CheckConfig', 'masking_checks', 'QuantizeInput',
-           'ScaleLogits', 'SoftmaxOutput', 'headline', 'headline_text', 'EvalResult', 'save_run_model',
-           'load_run_model', 'evaluate_run', 'compare_rows', 'compare', 'clopper_pearson_lower', 'Smooth',
-           'certify_dataset', 'certified_accuracy', 'plot_certified', 'input_grad_norms', 'grad_norm_stats',
+           'Check', 'worst_case', 'frozen_eval', 'evaluate', 'headline', 'headline_text', 'EvalResult',
+           'save_run_model', 'load_run_model', 'evaluate_run', 'compare_rows', 'compare', 'clopper_pearson_lower',
+           'Smooth', 'certify_dataset', 'certified_accuracy', 'plot_certified', 'input_grad_norms', 'grad_norm_stats',
            'penultimate_features', 'tsne_two_classes', 'plot_tsne']
 
 # %% ../nbs/10_evaluate.ipynb #c005
@@ -476,8 +475,7 @@ def evaluate(model: nn.Module, # returns logits for inputs in the threat model's
     opts = _check_options(options, specs)
     for name, v in [("batch_size", batch_size), ("check_n", check_n)] + [("n", n)] * (n is not None) + \
                    [("aa_subset", aa_subset)] * (aa_subset is not None) + list((subsets or {}).items()):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        check_int(name, v, lo=1)
     dev = _device_of(model)
     want = None if device is None else get_device(device)
     if want is not None and (want.type != dev.type or (None not in (want.index, dev.index) and want.index != dev.index)):
@@ -513,8 +511,11 @@ def evaluate(model: nn.Module, # returns logits for inputs in the threat model's
                                               torch.cat([v.correct.cpu() for v in verdicts]), t.elapsed, dist, stats, notes)
         bar.close()
         worst = worst_case(list(results.values()))
-        found = masking_checks(model, x, y, threat, results=results, n=check_n, seed=seed, batch_size=batch_size,
-                               config=check_config, was_training=was_training) if checks else []
+        found = []
+        if checks:
+            from robustnb.masking import masking_checks  # at call time: robustnb.masking builds on this module
+            found = masking_checks(model, x, y, threat, results=results, n=check_n, seed=seed, batch_size=batch_size,
+                                   config=check_config, was_training=was_training)
     meta = dict(seed=seed, device=str(dev), num_classes=k, batch_size=batch_size, aa_subset=aa_subset, time_s=t_all.elapsed,
                 versions=_versions())
     return EvalResult(threat, total, results, worst, found, meta)
@@ -527,234 +528,6 @@ def _versions() -> Dict[str, str]:
         v["pyautoattack"] = pyautoattack.__version__
     except ImportError: pass
     return v
-
-# %% ../nbs/10_evaluate.ipynb #c028
-@dataclass(frozen=True)
-class CheckConfig:
-    "Thresholds of the gradient-masking checks (documented in the notebook `10_evaluate`)."
-    tol: float = 0.02 # accuracy differences below max(tol, 2/m) are noise
-    zero_grad_frac: float = 0.01 # flag when more inputs than this have a zero or non-finite CE input gradient
-    sweep: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0) # ε multiples of the sweep (the whole box is added)
-    unbounded_acc: float = 0.05 # flag when PGD-20 accuracy over the whole box exceeds this
-    loss_gap: float = 0.10 # flag when PGD-CE accuracy exceeds PGD-CW accuracy by more than this
-    restarts: int = 5 # restarts of the restart check
-    square_queries: int = 1000 # Square's budget when the suite has no black-box attack
-    prob_tol: float = 1e-5 # slack of the 'outputs are probabilities' test
-    random_tol: float = 1e-5 # relative difference of two forward passes that counts as randomness
-    gap_tol: float = 0.05 # whitebox_gap: an in-house attack may be this much less effective than the strongest one
-    gap_z: float = 3.0 # whitebox_gap: and more than this many standard deviations of the paired difference
-
-def _verdicts(model, x, y, threat, steps, loss, restarts, seed, batch_size) -> torch.Tensor:
-    "Per-example PGD verdicts on a float batch set."
-    run = _pgd_like(PGD, f"pgd{steps}", steps=steps, loss=loss, restarts=restarts)
-    return torch.cat([run(model, x[i:i + batch_size], y[i:i + batch_size], threat, seed,
-                          torch.arange(i, min(i + batch_size, len(x)), device=x.device)).correct.cpu()
-                      for i in range(0, len(x), batch_size)])
-
-def _ce_grad_norms(model, x, y, batch_size) -> torch.Tensor:
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].clone().requires_grad_(True)
-        with torch.enable_grad():
-            g, = torch.autograd.grad(F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum"), [xb])
-        out.append(g.flatten(1).norm(dim=1).cpu())
-    return torch.cat(out)
-
-def _box_diameter(threat: ThreatModel, x: torch.Tensor) -> float:
-    w = threat.box[1] - threat.box[0]
-    return w if threat.norm is Norm.Linf else w * math.sqrt(x[0].numel())
-
-def _pct(v: float) -> str: return f"{100 * v:.1f} %"
-
-def _frac(v: torch.Tensor) -> float:
-    "The exact fraction of True in a boolean tensor."
-    return v.sum().item() / max(len(v), 1)
-
-# %% ../nbs/10_evaluate.ipynb #c030
-def _check_mode(was_training: bool) -> Check:
-    if was_training:
-        return Check("mode", True, "the model was handed over in train mode (dropout, batch-norm batch statistics): the "
-                     "attacks ran in eval mode and the mode was restored; evaluate and deploy in eval mode")
-    return Check("mode", False, "the model was in eval mode")
-
-def _check_logits(out: torch.Tensor, cfg: CheckConfig) -> Check:
-    probs = bool(out.min() > -cfg.prob_tol and out.max() < 1 + cfg.prob_tol and
-                 ((out.sum(1) - 1).abs() < cfg.prob_tol).all())
-    gap = (out.topk(2, 1).values[:, 0] - out.topk(2, 1).values[:, 1]).median().item() if out.shape[1] > 1 else float("nan")
-    d = dict(min=out.min().item(), max=out.max().item(), median_top2_gap=gap)
-    if probs: return Check("logits", True, "outputs lie in [0,1] and sum to 1: the model returns probabilities, not "
-                           "logits (CE on probabilities has vanishing gradients)", d)
-    return Check("logits", False, f"outputs are logits (range [{d['min']:.3g}, {d['max']:.3g}])", d)
-
-def _check_randomness(out1: torch.Tensor, out2: torch.Tensor, cfg: CheckConfig) -> Check:
-    diff = ((out1 - out2).abs().max() / (out1.abs().max() + 1e-12)).item()
-    if diff > cfg.random_tol:
-        return Check("randomness", True, f"two forward passes on the same inputs differ (relative {diff:.2g}): a "
-                     "randomized model needs EOT attacks (AutoAttack version='rand')", dict(rel_diff=diff))
-    return Check("randomness", False, "the model is deterministic in eval mode", dict(rel_diff=diff))
-
-def _check_gradients(norms: torch.Tensor, cfg: CheckConfig) -> Check:
-    bad = (~torch.isfinite(norms)) | (norms == 0)
-    frac, nan = _frac(bad), int((~torch.isfinite(norms)).sum())
-    d = dict(zero_or_nonfinite=frac, nonfinite=nan, median_norm=norms[torch.isfinite(norms)].median().item()
-             if torch.isfinite(norms).any() else float("nan"))
-    msg = f"{int(bad.sum())} of {len(norms)} inputs ({_pct(frac)}) have a zero or non-finite CE input gradient"
-    if frac > cfg.zero_grad_frac:
-        return Check("gradients", True, msg + f" (threshold {_pct(cfg.zero_grad_frac)}): gradient attacks cannot move", d)
-    return Check("gradients", False, msg, d)
-
-def _tol(cfg: CheckConfig, m: int) -> float: return max(cfg.tol, 2 / m)
-
-def _check_sweep(eps: List[float], accs: List[float], cfg: CheckConfig, m: int) -> Check:
-    rises = [(a, b) for a, b in zip(accs, accs[1:]) if b > a + _tol(cfg, m)]
-    d = dict(eps=eps, accuracy=accs)
-    curve = ", ".join(f"{e:.3g}: {_pct(a)}" for e, a in zip(eps, accs))
-    if accs[-1] > cfg.unbounded_acc:
-        return Check("eps_sweep", True, f"PGD-20 accuracy stays at {_pct(accs[-1])} with ε = the whole box (must fall "
-                     f"below {_pct(cfg.unbounded_acc)}); sweep {curve}", d)
-    if rises:
-        return Check("eps_sweep", True, f"accuracy rises with ε ({_pct(rises[0][0])} → {_pct(rises[0][1])}); sweep {curve}", d)
-    return Check("eps_sweep", False, f"accuracy falls to {_pct(accs[-1])} as ε grows; sweep {curve}", d)
-
-def _check_steps(a20: float, a100: float, ar: float, restarts: int, cfg: CheckConfig, m: int) -> Check:
-    d = dict(pgd20=a20, pgd100=a100, pgd20_restarts=ar, restarts=restarts)
-    txt = f"PGD-20 {_pct(a20)}, PGD-100 {_pct(a100)}, PGD-20 × {restarts} restarts {_pct(ar)}"
-    if a100 > a20 + _tol(cfg, m) or ar > a20 + _tol(cfg, m):
-        return Check("steps", True, f"more steps or restarts raise accuracy ({txt}): the gradients are noisy or useless", d)
-    return Check("steps", False, f"more steps and restarts do not raise accuracy ({txt})", d)
-
-def _check_loss(ce: float, cw: float, steps: int, cfg: CheckConfig) -> Check:
-    d = dict(ce=ce, cw=cw, steps=steps)
-    txt = f"PGD-{steps} on CE {_pct(ce)} vs on the CW margin {_pct(cw)}"
-    if ce > cw + cfg.loss_gap:
-        return Check("loss", True, f"{txt}: CE gradients vanish (saturated softmax); trust the margin loss", d)
-    return Check("loss", False, txt, d)
-
-_MULTISTEP = re.compile(r"(pgd|cw)\d+|mifgsm")
-
-def _check_whitebox_gap(results: Dict[str, AttackResult], cfg: CheckConfig) -> Optional[Check]:
-    "Flag an in-house white-box attack that is much less effective than the strongest attack of the suite."
-    attacks = [r for r in results.values() if r.kind != "clean"]
-    inhouse = [r for r in attacks if r.kind == "white" and _MULTISTEP.fullmatch(r.name)]
-    if not inhouse or len(attacks) < 2: return None
-    gaps = {}
-    for r in inhouse:
-        others = [s for s in attacks if s is not r]
-        m = min(r.n, min(s.n for s in others))
-        strong = min(others, key=lambda s: (s.accuracy_on(min(m, s.n)), s.name))
-        m = min(r.n, strong.n)
-        a, s = r.correct[:m], strong.correct[:m]
-        b, c = int((a & ~s).sum()), int((~a & s).sum())  # broken only by the strongest / only by the in-house attack
-        gap, thr = (b - c) / m, max(cfg.gap_tol, cfg.gap_z * math.sqrt(b + c) / m, 2 / m)
-        gaps[r.name] = dict(title=r.title, acc=_frac(a), strongest=strong.name, strongest_title=strong.title,
-                            strongest_acc=_frac(s), n=m, only_strongest=b, only_inhouse=c, gap=gap, threshold=thr,
-                            flagged=gap > thr)
-    worst = max(gaps.values(), key=lambda d: d["gap"] - d["threshold"])
-    txt = (f"{worst['title']} reports {_pct(worst['acc'])} where {worst['strongest_title']} finds "
-           f"{_pct(worst['strongest_acc'])} on the same {worst['n']} examples (gap {100 * worst['gap']:.1f} points, "
-           f"threshold {100 * worst['threshold']:.1f})")
-    if any(d["flagged"] for d in gaps.values()):
-        bad = [d["title"] for d in gaps.values() if d["flagged"]]
-        return Check("whitebox_gap", True, txt + f": {', '.join(bad)} overstate{'s' if len(bad) == 1 else ''} robustness on this model, being too weak for it "
-                     "(fixed steps on a rough loss surface) or fooled by masked gradients. Never report them as its robust "
-                     "accuracy; the headline is the per-example worst case of the suite, and with other flags suspect "
-                     "gradient masking", dict(attacks=gaps))
-    return Check("whitebox_gap", False, txt + ": the in-house attacks agree with the strongest one", dict(attacks=gaps))
-
-def _check_blackbox(name: str, bb: torch.Tensor, white: torch.Tensor, cfg: CheckConfig) -> Check:
-    m = len(bb)
-    only = _frac(~bb & white)
-    d = dict(attack=name, n=m, blackbox_acc=_frac(bb), whitebox_acc=_frac(white),
-             blackbox_only=only)
-    txt = (f"{name} {_pct(d['blackbox_acc'])} vs white-box worst case {_pct(d['whitebox_acc'])}; it breaks "
-           f"{_pct(only)} of examples no white-box attack broke")
-    if only > _tol(cfg, m): return Check("blackbox", True, txt + f" (tolerance {_pct(_tol(cfg, m))}): gradients mislead", d)
-    return Check("blackbox", False, txt, d)
-
-# %% ../nbs/10_evaluate.ipynb #c032
-def masking_checks(model: nn.Module, # returns logits
-                   x: torch.Tensor, y: torch.Tensor, # data (uint8 or floats in the box) and labels
-                   threat: Union[ThreatModel, Tuple[str, float]], # the threat model
-                   results: Optional[Dict[str, AttackResult]] = None, # per-example verdicts of a suite, to reuse
-                   *,
-                   n: int = 200, # examples the checks run on (the first n)
-                   seed: int = 0, # seed of the attacks
-                   batch_size: int = 250, # batch size
-                   config: Optional[CheckConfig] = None, # thresholds
-                   was_training: Optional[bool] = None, # the mode the model was handed over in (None: its current mode)
-                  ) -> List[Check]:
-    "The gradient-masking checks of the table above, each a flag with a one-line explanation."
-    cfg, threat, results = config or CheckConfig(), _as_threat(threat), dict(results or {})
-    _check_data(x, y, threat.box)
-    if was_training is None: was_training = any(m.training for m in model.modules())
-    dev = _device_of(model)
-    m = min(n, len(x))
-    xs, ys = to_float(x[:m]).to(dev), y[:m].to(dev).long()
-    reuse = lambda name: results[name].correct[:m] if name in results and results[name].n >= m else None
-    pgd = lambda steps, loss="ce", restarts=1, thr=threat: _verdicts(model, xs, ys, thr, steps, loss, restarts, seed, batch_size)
-    out = [_check_mode(was_training)]
-    with frozen_eval(model):
-        with torch.no_grad(): o1, o2 = model(xs[:batch_size]), model(xs[:batch_size])
-        out += [_check_logits(o1, cfg), _check_randomness(o1, o2, cfg), _check_gradients(_ce_grad_norms(model, xs, ys, batch_size), cfg)]
-        v20 = reuse("pgd20") if reuse("pgd20") is not None else pgd(20)
-        top = _box_diameter(threat, xs)
-        eps = sorted({f * threat.eps for f in cfg.sweep if 0 < f * threat.eps < top} | {top})
-        sweep = [_frac(v20) if e == threat.eps else _frac(pgd(20, thr=ThreatModel(threat.norm, e, threat.box))) for e in eps]
-        out.append(_check_sweep(eps, sweep, cfg, m))
-        v100 = reuse("pgd100") if reuse("pgd100") is not None else pgd(100)
-        vr = pgd(20, restarts=cfg.restarts)
-        acc = _frac
-        out.append(_check_steps(acc(v20), acc(v100), acc(vr), cfg.restarts, cfg, m))
-        cw = reuse("cw100")
-        out.append(_check_loss(acc(v100), acc(cw), 100, cfg) if cw is not None else _check_loss(acc(v20), acc(pgd(20, "cw")), 20, cfg))
-        white = [v20, v100, vr] + ([cw] if cw is not None else []) + \
-                [r.correct for r in results.values() if r.kind == "white"]
-        bb = [(r.title, r.correct) for r in results.values() if r.kind == "black"]
-        if not bb:
-            if xs.dim() == 4 and xs.shape[-1] == xs.shape[-2] and tuple(threat.box) == (0.0, 1.0) and _has_autoattack():
-                bb = [(f"Square ({cfg.square_queries} queries)",
-                       autoattack(model, xs, ys, threat, "square", seed, cfg.square_queries).correct.cpu())]
-            elif threat.norm is Norm.Linf:
-                bb = [("RayS (1000 queries)", _run_rays(model, xs, ys, threat, seed, query_budget=1000).correct.cpu())]
-        if bb:
-            checks = []
-            for name, v in bb:
-                k = min(m, len(v))
-                wc = torch.stack([u[:k] for u in white if len(u) >= k]).all(0)
-                checks.append(_check_blackbox(name, v[:k], wc, cfg))
-            out.append(max(checks, key=lambda c: c.details["blackbox_only"]))
-        else:
-            out.append(Check("blackbox", False, "skipped: no black-box attack applies to these inputs"))
-    aa_notes = [f"{r.name}: {msg}" for r in results.values() for msg in r.notes if r.name in ("aa", "aa_fast", "square")
-                and not msg.startswith("note:")]
-    if any(r in results for r in ("aa", "aa_fast", "square")):
-        out.append(Check("autoattack", bool(aa_notes), aa_notes[0] if aa_notes else "AutoAttack's own checks raised no warning",
-                         dict(warnings=aa_notes)))
-    gap = _check_whitebox_gap(results, cfg)
-    if gap is not None: out.append(gap)
-    return out
-
-# %% ../nbs/10_evaluate.ipynb #c034
-class QuantizeInput(nn.Module):
-    "Round inputs to `levels` grey levels before `model`: zero input gradient almost everywhere (a masked model)."
-    def __init__(self, model: nn.Module, levels: int = 4):
-        super().__init__()
-        self.model, self.levels = model, levels
-    def forward(self, x): return self.model(torch.round(x * (self.levels - 1)) / (self.levels - 1))
-
-class ScaleLogits(nn.Module):
-    "Multiply `model`'s logits by `scale`: same predictions, saturated softmax for a large scale (a masked model)."
-    def __init__(self, model: nn.Module, scale: float = 1e4):
-        super().__init__()
-        self.model, self.scale = model, scale
-    def forward(self, x): return self.model(x) * self.scale
-
-class SoftmaxOutput(nn.Module):
-    "Return `model`'s softmax probabilities instead of its logits (a masked model)."
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-    def forward(self, x): return F.softmax(self.model(x), 1)
 
 # %% ../nbs/10_evaluate.ipynb #c039
 _TRUSTED = ("aa", "aa_fast", "apgd-ce", "apgd-dlr", "square", "rays") # official or gradient-free attacks, most complete first
