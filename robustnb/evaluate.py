@@ -31,9 +31,8 @@ from .attacks import CWL2, FGSM, MIFGSM, PGD, Attack, DeepFool, RayS, check_inpu
 __all__ = ['AA_VERSIONS', 'AA_BATCH', 'EVAL_ATTACKS', 'SUITES', 'MODEL_FORMAT', 'attack_accuracy', 'accuracy', 'pgd_accuracy',
            'BatchVerdict', 'EvalAttack', 'autoattack', 'apgd', 'get_eval_attack', 'resolve_suite', 'AttackResult',
            'Check', 'worst_case', 'frozen_eval', 'evaluate', 'headline', 'headline_text', 'EvalResult',
-           'save_run_model', 'load_run_model', 'evaluate_run', 'compare_rows', 'compare', 'clopper_pearson_lower',
-           'Smooth', 'certify_dataset', 'certified_accuracy', 'plot_certified', 'input_grad_norms', 'grad_norm_stats',
-           'penultimate_features', 'tsne_two_classes', 'plot_tsne']
+           'save_run_model', 'load_run_model', 'evaluate_run', 'compare_rows', 'compare', 'input_grad_norms',
+           'grad_norm_stats', 'penultimate_features', 'tsne_two_classes', 'plot_tsne']
 
 # %% ../nbs/10_evaluate.ipynb #c005
 def _device_of(model: nn.Module) -> torch.device:
@@ -763,90 +762,6 @@ def _scatter(rows: List[Dict[str, Any]], path: Path):
     fig.tight_layout()
     with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-# %% ../nbs/10_evaluate.ipynb #c054
-def clopper_pearson_lower(k: int, # successes
-                          n: int, # trials
-                          alpha: float, # one-sided level
-                         ) -> float:
-    "One-sided (1−α) Clopper–Pearson lower confidence bound on a binomial proportion."
-    from scipy.stats import beta
-    if not 0 <= k <= n or n < 1: raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
-
-class Smooth:
-    "The Gaussian-smoothed classifier g of `model` (Cohen, Rosenfeld & Kolter, arXiv 1902.02918)."
-    ABSTAIN = -1
-    def __init__(self, model: nn.Module, # the base classifier f (returns logits)
-                 num_classes: int, # number of classes
-                 sigma: float, # noise level σ
-                 batch_size: int = 1000): # noisy copies per forward pass
-        if not sigma > 0: raise ValueError(f"sigma must be > 0, got {sigma}")
-        self.model, self.num_classes, self.sigma, self.batch_size = model, num_classes, float(sigma), batch_size
-
-    @torch.no_grad()
-    def counts(self, x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-        "Class counts of f over `n` noisy copies of the single input `x`."
-        c = torch.zeros(self.num_classes, dtype=torch.long)
-        with eval_mode(self.model):
-            for i in range(0, n, self.batch_size):
-                b = min(self.batch_size, n - i)
-                xb = x.unsqueeze(0).expand(b, *x.shape)
-                noise = torch.randn(xb.shape, generator=generator, device=x.device, dtype=x.dtype) * self.sigma
-                c += torch.bincount(self.model(xb + noise).argmax(1).cpu(), minlength=self.num_classes)
-        return c
-
-    def _gen(self, x, seed):
-        g = torch.Generator(device=x.device); g.manual_seed(seed); return g
-
-    def predict(self, x: torch.Tensor, n: int = 100, alpha: float = 0.001, seed: int = 0) -> int:
-        "g(x), or ABSTAIN when the top two classes are not separated at level α."
-        from scipy.stats import binomtest
-        c = self.counts(x, n, self._gen(x, seed))
-        top2 = c.topk(2)
-        na, nb = int(top2.values[0]), int(top2.values[1])
-        return int(top2.indices[0]) if binomtest(na, na + nb, 0.5).pvalue <= alpha else self.ABSTAIN
-
-    def certify(self, x: torch.Tensor, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-                seed: int = 0) -> Tuple[int, float]:
-        "(class, L2 radius) certified with probability 1−α, or (ABSTAIN, 0.0)."
-        from scipy.stats import norm
-        g = self._gen(x, seed)
-        ca = int(self.counts(x, n0, g).argmax())
-        pa = clopper_pearson_lower(int(self.counts(x, n, g)[ca]), n, alpha)
-        return (ca, self.sigma * float(norm.ppf(pa))) if pa > 0.5 else (self.ABSTAIN, 0.0)
-
-def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, # data (floats or uint8) and labels
-                    n0: int = 100, n: int = 10_000, alpha: float = 0.001, seed: int = 0,
-                    progress: bool = True) -> Dict[str, torch.Tensor]:
-    "Certify every example: predictions, radii and correctness (abstentions count as wrong)."
-    if len(x) == 0: raise ValueError("cannot certify an empty set")
-    dev = _device_of(smooth.model)
-    preds, radii = [], []
-    for i in tqdm(range(len(x)), desc="certify", disable=not progress, leave=False):
-        p, r = smooth.certify(to_float(x[i]).to(dev), n0, n, alpha, seed + i)
-        preds.append(p); radii.append(r)
-    pred = torch.tensor(preds)
-    return dict(pred=pred, radius=torch.tensor(radii), correct=pred == y.cpu())
-
-def certified_accuracy(radius: torch.Tensor, # certified radii
-                       correct: torch.Tensor, # whether the certified class is right
-                       radii: Sequence[float], # the radii of the curve
-                      ) -> np.ndarray:
-    "Certified accuracy at each radius r: the fraction certified correct with radius ≥ r."
-    return np.array([((radius >= r) & correct).sum().item() / len(radius) for r in radii])
-
-def plot_certified(curves: Dict[str, Tuple[Sequence[float], Sequence[float]]], # label -> (radii, certified accuracy)
-                   path: Union[str, Path, None] = None): # where to save the PNG (None: do not save)
-    "The certified-accuracy-vs-L2-radius curves."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for lab, (r, a) in curves.items(): ax.plot(r, 100 * np.asarray(a), label=lab)
-    ax.set_xlabel("L2 radius"); ax.set_ylabel("certified accuracy (%)"); ax.legend(); ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
-    return fig
 
 # %% ../nbs/10_evaluate.ipynb #c060
 def input_grad_norms(model: nn.Module, # returns logits
