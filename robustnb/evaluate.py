@@ -31,8 +31,7 @@ from .attacks import CWL2, FGSM, MIFGSM, PGD, Attack, DeepFool, RayS, check_inpu
 __all__ = ['AA_VERSIONS', 'AA_BATCH', 'EVAL_ATTACKS', 'SUITES', 'MODEL_FORMAT', 'attack_accuracy', 'accuracy', 'pgd_accuracy',
            'BatchVerdict', 'EvalAttack', 'autoattack', 'apgd', 'get_eval_attack', 'resolve_suite', 'AttackResult',
            'Check', 'worst_case', 'frozen_eval', 'evaluate', 'headline', 'headline_text', 'EvalResult',
-           'save_run_model', 'load_run_model', 'evaluate_run', 'compare_rows', 'compare', 'input_grad_norms',
-           'grad_norm_stats', 'penultimate_features', 'tsne_two_classes', 'plot_tsne']
+           'save_run_model', 'load_run_model', 'evaluate_run', 'compare_rows', 'compare']
 
 # %% ../nbs/10_evaluate.ipynb #c005
 def _device_of(model: nn.Module) -> torch.device:
@@ -762,85 +761,3 @@ def _scatter(rows: List[Dict[str, Any]], path: Path):
     fig.tight_layout()
     with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-# %% ../nbs/10_evaluate.ipynb #c060
-def input_grad_norms(model: nn.Module, # returns logits
-                     x: torch.Tensor, y: torch.Tensor, # data (floats or uint8) and labels
-                     loss: str = "ce", # 'ce' or 'cw'
-                     batch_size: int = 250, # batch size
-                    ) -> torch.Tensor:
-    "‖∇ₓ L(f(x), y)‖₂² per example, in eval mode (the parameters are untouched)."
-    lossf, dev, out = get_loss(loss), _device_of(model), []
-    _check_data(x, y, (0.0, 1.0))
-    with frozen_eval(model):
-        for i in range(0, len(x), batch_size):
-            xb = to_float(x[i:i + batch_size]).to(dev).requires_grad_(True)
-            with torch.enable_grad():
-                g, = torch.autograd.grad(lossf(model(xb), y[i:i + batch_size].to(dev)).sum(), [xb])
-            out.append(g.flatten(1).pow(2).sum(1).cpu())
-    return torch.cat(out)
-
-def grad_norm_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
-                    batch_size: int = 250) -> Dict[str, float]:
-    "Mean, std, median, max of ‖∇ₓL‖² over `(x, y)` (seed 002, Table 4)."
-    g = input_grad_norms(model, x, y, loss, batch_size)
-    return dict(mean=g.mean().item(), std=g.std().item() if len(g) > 1 else 0.0, median=g.median().item(),
-                max=g.max().item(), n=len(g))
-
-# %% ../nbs/10_evaluate.ipynb #c063
-def _last_linear(model: nn.Module) -> nn.Module:
-    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not lins: raise ValueError("the model has no nn.Linear layer: pass layer= explicitly")
-    return lins[-1]
-
-@torch.no_grad()
-def penultimate_features(model: nn.Module, # the model
-                         x: torch.Tensor, # inputs (floats in [0,1] or uint8)
-                         layer: Optional[nn.Module] = None, # the layer whose *input* is returned (None: the last nn.Linear)
-                         batch_size: int = 500,
-                        ) -> torch.Tensor:
-    "The (flattened) input of the last linear layer, i.e. the penultimate features, per example."
-    layer, dev, feats = layer or _last_linear(model), _device_of(model), []
-    h = layer.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].flatten(1).detach().cpu()))
-    try:
-        with eval_mode(model):
-            for i in range(0, len(x), batch_size): model(to_float(x[i:i + batch_size]).to(dev))
-    finally: h.remove()
-    return torch.cat(feats)
-
-def tsne_two_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, # model, data and labels
-                     classes: Tuple[int, int] = (0, 1), # the two classes
-                     n_per_class: int = 100, # examples per class
-                     attack=None, # an attack (attack(x, y) -> x_adv) whose points are embedded too
-                     seed: int = 0, # t-SNE's seed
-                     perplexity: float = 30.0,
-                    ) -> Dict[str, np.ndarray]:
-    "2-D t-SNE of the penultimate features of two classes (and their adversarial versions); seed 004, Figure 1."
-    from sklearn.manifold import TSNE
-    idx = torch.cat([(y == c).nonzero().flatten()[:n_per_class] for c in classes])
-    if len(idx) < 4: raise ValueError(f"classes {classes} have {len(idx)} examples in total: need at least 4")
-    xs, ys = to_float(x[idx]), y[idx]
-    feats, adv = [penultimate_features(model, xs)], [np.zeros(len(idx), bool)]
-    if attack is not None:
-        feats.append(penultimate_features(model, attack(xs.to(_device_of(model)), ys.to(_device_of(model)))))
-        adv.append(np.ones(len(idx), bool))
-    f = torch.cat(feats).numpy()
-    emb = TSNE(2, perplexity=min(perplexity, (len(f) - 1) / 3), init="pca", random_state=seed).fit_transform(f)
-    return dict(embedding=emb, label=np.concatenate([ys.numpy()] * len(feats)), adversarial=np.concatenate(adv))
-
-def plot_tsne(t: Dict[str, np.ndarray], # the output of tsne_two_classes
-              class_names: Optional[Dict[int, str]] = None, path: Union[str, Path, None] = None):
-    "Scatter the t-SNE embedding: colour = class, marker = clean (o) / adversarial (x)."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    for c in np.unique(t["label"]):
-        for adv, mk in ((False, "o"), (True, "x")):
-            sel = (t["label"] == c) & (t["adversarial"] == adv)
-            if sel.any():
-                ax.scatter(*t["embedding"][sel].T, s=10, marker=mk,
-                           label=f"{(class_names or {}).get(int(c), c)}{' adv' if adv else ''}")
-    ax.legend(fontsize=8); ax.set_xticks([]); ax.set_yticks([]); ax.set_title("t-SNE of penultimate features", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
-    return fig

@@ -32,7 +32,7 @@ from .data import Batches, DATASETS, dataset_info, get_data, to_float
 from .models import MODELS, get_model
 import robustnb.trades
 import robustnb.backward
-from .backward import hessian_top_eigenvalue
+from .analysis import hessian_top_eigenvalue
 from .evaluate import (SUITES, EvalResult, evaluate, evaluate_run, get_eval_attack, headline_text,
                                save_run_model)
 

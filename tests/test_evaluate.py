@@ -6,11 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustnb.attacks import linear_binary
-from robustnb.core import ThreatModel, set_seed
+from robustnb.core import ThreatModel
 from robustnb.data import to_float
-from robustnb.evaluate import (AttackResult, compare, evaluate, evaluate_run, input_grad_norms, penultimate_features,
-                               resolve_suite, worst_case)
+from robustnb.evaluate import AttackResult, compare, evaluate, evaluate_run, resolve_suite, worst_case
 from robustnb.masking import CheckConfig, ScaleLogits
 
 TM = ThreatModel("Linf", 0.1)
@@ -115,23 +113,6 @@ def test_rays_and_l2(trained):
     assert 0 < r.stats["adbd"] < 1 and res.to_dict()["adbd"] == r.stats["adbd"]
     l2 = evaluate(net, x, y, ThreatModel("L2", 0.5), ["fgsm", "pgd20", "deepfool"], progress=False, checks=False)
     assert l2["pgd20"].accuracy <= l2["fgsm"].accuracy <= l2["clean"].accuracy
-
-
-# ---------------------------------------------------------------- analysis helpers
-
-def test_input_gradient_norms_closed_form():
-    set_seed(2)
-    w = torch.randn(6)
-    f = linear_binary(w, -0.5 * w.sum().item())
-    x, y = torch.rand(32, 6), torch.ones(32, dtype=torch.long)
-    s = x @ w - 0.5 * w.sum()
-    torch.testing.assert_close(input_grad_norms(f, x, y), torch.sigmoid(-s) ** 2 * w.norm() ** 2, rtol=1e-5, atol=1e-7)
-
-
-def test_penultimate_features_are_the_last_hidden_layer():
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    x = torch.rand(9, 4)
-    torch.testing.assert_close(penultimate_features(mlp, x, batch_size=4), torch.relu(mlp[1](x)))
 
 
 # ---------------------------------------------------------------- run directories and the comparison
