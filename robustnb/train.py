@@ -33,8 +33,8 @@ from .models import MODELS, get_model
 import robustnb.trades
 import robustnb.backward
 from .analysis import hessian_top_eigenvalue
-from .evaluate import (SUITES, EvalResult, evaluate, evaluate_run, get_eval_attack, headline_text,
-                               save_run_model)
+from .evaluate import SUITES, EvalResult, evaluate, get_eval_attack, headline_text
+from .runs import evaluate_run, save_run_model
 
 # %% auto #0
 __all__ = ['METHOD_MODULES', 'METHODS', 'OPTIMIZERS', 'SCHEDULES', 'RECIPES', 'RUN_FILES', 'EVAL_FILES', 'CKPT_FORMAT',
