@@ -517,9 +517,9 @@ class CWL2(Attack):
     name, needs_eps = "cw", False
     def __init__(self, model: nn.Module, # returns logits
                  threat: Optional[ThreatModel] = None, # optional; its norm must be L2 (only its box is used)
-                 *, const: float = 1e-3, # initial c (seed 002: 100)
+                 *, const: float = 1e-3, # initial c (Bilateral AT supplement, arXiv 1811.10716: 100)
                  binary_steps: int = 9, # binary-search steps over c
-                 steps: int = 1000, # Adam iterations per binary step (seed 002: 100 at lr 0.1, 1000 at lr 0.01)
+                 steps: int = 1000, # Adam iterations per binary step (Bilateral AT supplement: 100 at lr 0.1, 1000 at lr 0.01)
                  lr: float = 1e-2, # Adam learning rate
                  confidence: float = 0.0, # κ
                  abort_early: bool = True, # stop a run when the loss stalls
