@@ -55,7 +55,7 @@ def loss_landscape(model: nn.Module, # the model at its reference weights w
                    mode: str = "eval", # the model's mode during the evaluations: 'eval' or 'train'
                   ) -> np.ndarray: # (len(alphas),) or (len(betas), len(alphas)): Z[j, i] at (α_i, β_j)
     "The loss at w + α d₁ (+ β d₂) on a grid (Li et al., arXiv 1712.09913); weights, buffers and modes are restored exactly."
-    if mode not in ("eval", "train"): raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+    check_choice("mode", mode, ("eval", "train"))
     if len(directions) not in (1, 2) or len(coords) != len(directions):
         raise ValueError("give one direction and one coordinate list (1-D), or two of each (2-D)")
     params = list(model.parameters())

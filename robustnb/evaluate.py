@@ -189,7 +189,7 @@ def autoattack(model: nn.Module, # returns logits; used as it is (evaluate puts 
                n_queries: int = 5000, # Square's query budget
               ) -> BatchVerdict:
     "One batch through the official AutoAttack (`pyautoattack`, arXiv 2003.01690): per-example verdicts, counts, warnings."
-    if version not in AA_VERSIONS: raise ValueError(f"unknown AutoAttack version {version!r}: allowed are {', '.join(AA_VERSIONS)}")
+    check_choice("version", version, tuple(AA_VERSIONS))
     if tuple(threat.box) != (0.0, 1.0): raise ValueError(f"AutoAttack works in the box (0, 1), got {threat.box}")
     AutoAttack = _import_autoattack()
     with torch.no_grad(): k = model(x[:1]).shape[1]
@@ -297,7 +297,7 @@ def get_eval_attack(name: str) -> EvalAttack:
     m = _STEPS.fullmatch(str(name).lower())
     if m:
         loss, k = ("ce", "CE") if m.group(1) == "pgd" else ("cw", "CW margin"), int(m.group(2))
-        if k < 1: raise ValueError(f"{name!r}: the number of steps must be >= 1")
+        check_int(f"the number of steps of {name!r}", k, lo=1)
         return EvalAttack(f"{m.group(1)}{k}", f"{'PGD' if m.group(1) == 'pgd' else 'CW'}-{k} ({loss[1]})",
                           _pgd_like(PGD, str(name), steps=k, loss=loss[0]), options=("alpha", "restarts"))
     try: return EVAL_ATTACKS.get(name)
