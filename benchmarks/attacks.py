@@ -43,7 +43,7 @@ def robustnb_attacks(model, eps_inf, eps_2, steps, cw_steps, rays_queries):
         "mifgsm": (MIFGSM(model, linf, steps=steps), f"Linf, {steps} steps, decay 1"),
         "deepfool": (DeepFool(model), "L2, <= 50 steps, 10 candidate classes, 10 bisections"),
         "cw-l2": (CWL2(model, const=100, binary_steps=1, steps=cw_steps, lr=0.1),
-                  f"const 100, 1 binary step, {cw_steps} Adam steps, lr 0.1 (seed 002)"),
+                  f"const 100, 1 binary step, {cw_steps} Adam steps, lr 0.1 (Bilateral AT supplement, arXiv 1811.10716)"),
         "rays": (RayS(model, linf, query_budget=rays_queries), f"Linf, {rays_queries} queries, early stop at eps"),
     }
 

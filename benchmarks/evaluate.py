@@ -19,7 +19,8 @@ import torch
 
 from robustnb.core import ThreatModel, Timer
 from robustnb.data import get_data
-from robustnb.evaluate import evaluate, load_run_model
+from robustnb.evaluate import evaluate
+from robustnb.runs import load_run_model
 from robustnb.train import fit, make_config
 
 

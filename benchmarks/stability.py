@@ -54,7 +54,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = p.parse_args(argv)
-    from robustnb.backward import plot_stability, stability_summary
+    from robustnb.analysis import plot_stability, stability_summary
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(a.jobs) as pool:

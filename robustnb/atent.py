@@ -19,8 +19,7 @@ from .core import (Adversarial, Method, MethodOutput, Norm, ThreatModel, check_c
 from .attacks import LANGEVIN_DIRECTIONS, LANGEVIN_PROJECT, langevin_samples
 
 # %% auto #0
-__all__ = ['RECIPES', 'atent_weights', 'buffers_restored', 'ATENT', 'penultimate_features', 'decision_regions',
-           'plot_decision_regions']
+__all__ = ['RECIPES', 'atent_weights', 'buffers_restored', 'ATENT']
 
 # %% ../nbs/08_atent.ipynb #a005
 def atent_weights(steps: int, # K, the number of Langevin iterates
@@ -133,78 +132,3 @@ RECIPES = {
                                   momentum=0.9, weight_decay=1e-4, schedule="epochs", milestones=(50,),
                                   augment="crop_flip"),
 }
-
-# %% ../nbs/08_atent.ipynb #a031
-def penultimate_features(model: nn.Module, # a classifier whose last nn.Linear produces the logits
-                         x: torch.Tensor, # inputs in [0,1]
-                         batch_size: int = 500, # examples per forward
-                        ) -> torch.Tensor: # (N, d) features, fp32
-    "The input of the model's last linear layer for each example (eval mode, no gradient)."
-    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linear: raise ValueError("the model has no nn.Linear layer to take penultimate features from")
-    feats = []
-    hook = linear[-1].register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().flatten(1).float()))
-    try:
-        with eval_mode(model), torch.no_grad():
-            for i in range(0, len(x), batch_size): model(x[i:i + batch_size])
-    finally: hook.remove()
-    return torch.cat(feats)
-
-def decision_regions(models: Dict[str, nn.Module], # name -> trained model
-                     x: torch.Tensor, # clean inputs to embed
-                     adv: Optional[Dict[str, torch.Tensor]] = None, # name -> adversarial versions of `x`, embedded jointly
-                     resolution: int = 150, # grid points per axis of the background
-                     neighbors: int = 10, # k of the k-NN rule painting the background
-                     perplexity: float = 30.0, # t-SNE perplexity (capped for small sets)
-                     seed: int = 0, # t-SNE's random state
-                    ) -> Dict[str, dict]:
-    "Per model: a t-SNE plane of its penultimate features, its predictions, and the k-NN regions of those predictions on a grid."
-    from sklearn.manifold import TSNE  # imported here: scikit-learn is slow to import
-    from sklearn.neighbors import KNeighborsClassifier
-    out = {}
-    for name, model in models.items():
-        xs = x if adv is None or name not in adv else torch.cat([x, adv[name]])
-        feats = penultimate_features(model, xs)
-        with eval_mode(model), torch.no_grad():
-            pred = torch.cat([model(xs[i:i + 500]).argmax(1) for i in range(0, len(xs), 500)]).cpu().numpy()
-        emb = TSNE(2, perplexity=min(perplexity, (len(xs) - 1) / 3), init="pca",
-                   random_state=seed).fit_transform(feats.cpu().numpy())
-        centre = (emb.max(0) + emb.min(0)) / 2
-        emb = 0.95 * (emb - centre) / np.abs(emb - centre).max()
-        knn = KNeighborsClassifier(neighbors).fit(emb, pred)
-        g = np.linspace(-1, 1, resolution)
-        gx, gy = np.meshgrid(g, g)
-        grid = knn.predict(np.c_[gx.ravel(), gy.ravel()]).reshape(resolution, resolution)
-        n = len(x)
-        out[name] = dict(embedding=emb[:n], pred=pred[:n], adv_embedding=emb[n:], adv_pred=pred[n:], grid=grid,
-                         knn_agreement=float(knn.score(emb, pred)))
-    return out
-
-def plot_decision_regions(regions: Dict[str, dict], # what `decision_regions` returned
-                          y: torch.Tensor, # true classes of the clean points
-                          num_classes: int = 10, # classes (colours)
-                          ncols: int = 3, # panels per row
-                          size: float = 3.0, # panel size in inches
-                          title: Optional[str] = None, # figure title
-                         ):
-    "One panel per model: k-NN regions of its predictions on its t-SNE plane, clean points by true class, adversarial points as crosses."
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-    cmap = ListedColormap(plt.get_cmap("tab10" if num_classes <= 10 else "tab20").colors[:num_classes])
-    norm = BoundaryNorm(np.arange(-0.5, num_classes), num_classes)
-    y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
-    nrows = -(-len(regions) // ncols)
-    ncols = min(ncols, len(regions))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 1, size * nrows + 0.4), squeeze=False)
-    for ax, (name, r) in zip(axes.flat, regions.items()):
-        ax.imshow(r["grid"], extent=(-1, 1, -1, 1), origin="lower", cmap=cmap, norm=norm, alpha=0.3,
-                  interpolation="nearest")
-        ax.scatter(*r["embedding"].T, c=y, cmap=cmap, norm=norm, s=7, edgecolors="k", linewidths=0.2)
-        if len(r["adv_embedding"]):
-            ax.scatter(*r["adv_embedding"].T, c=y, cmap=cmap, norm=norm, s=10, marker="x", linewidths=0.6)
-        ax.set(xlim=(-1, 1), ylim=(-1, 1), xticks=[], yticks=[], title=name)
-    for ax in list(axes.flat)[len(regions):]: ax.axis("off")
-    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=axes, ticks=range(num_classes), label="class", fraction=0.03, pad=0.02)
-    if title: fig.suptitle(title, fontsize=10, y=1.0)
-    return fig

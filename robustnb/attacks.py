@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import ExampleRNG, Norm, Registry, ThreatModel, batch_view, check_batch, eval_mode
+from .core import (ExampleRNG, Norm, Registry, ThreatModel, batch_view, check_batch, check_choice, check_float,
+                           check_int, eval_mode)
 
 # %% auto #0
 __all__ = ['LOSSES', 'START_MODES', 'SCHEDULES', 'Generator', 'TARGET_MODES', 'ATTACKS', 'LANGEVIN_PROJECT',
@@ -63,20 +64,6 @@ def most_confusing_class(logits: torch.Tensor, # (N, K) logits
 START_MODES = ("uniform", "gaussian", "none")
 SCHEDULES = ("constant", "cosine")
 Generator = Union[torch.Generator, ExampleRNG, None] # where an attack's random numbers come from (None: the global stream)
-
-def _check_int(name: str, v, lo: int = 1) -> int:
-    "`v` as an int ≥ `lo`, else `ValueError`."
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return v
-
-def _check_float(name: str, v, lo: float = 0.0, strict: bool = True) -> float:
-    "`v` as a finite float > `lo` (or ≥ with `strict=False`), else `ValueError`."
-    try: f = float(v)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be a number, got {v!r}") from None
-    if not math.isfinite(f) or (f <= lo if strict else f < lo):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {lo}, got {v!r}")
-    return f
 
 def _start(x: torch.Tensor, threat: ThreatModel, mode: str, init_std: float,
            generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -170,13 +157,13 @@ def pgd(model: nn.Module, # returns logits; used in whatever mode the caller lef
         validate: bool = True, # refuse NaN, inputs outside the box and labels outside the model's classes (methods pass False: their batches come from the trainer, and the check costs a host synchronization)
        ) -> torch.Tensor:
     "Projected gradient ascent of `loss` inside the threat model (Madry et al., arXiv 1706.06083); returns x_adv."
-    steps, restarts = _check_int("steps", steps), _check_int("restarts", restarts)
+    steps, restarts = check_int("steps", steps, lo=1), check_int("restarts", restarts, lo=1)
     if validate: check_inputs(model, x, y, threat.box)
     if random_start not in START_MODES:
         raise ValueError(f"unknown random_start {random_start!r}: allowed are {', '.join(START_MODES)}")
     if schedule not in SCHEDULES: raise ValueError(f"unknown schedule {schedule!r}: allowed are {', '.join(SCHEDULES)}")
-    alpha = 2.5 * threat.eps / steps if alpha is None else _check_float("alpha", alpha, strict=False)
-    momentum, init_std = _check_float("momentum", momentum, strict=False), _check_float("init_std", init_std, strict=False)
+    alpha = 2.5 * threat.eps / steps if alpha is None else check_float("alpha", alpha, lo=0)
+    momentum, init_std = check_float("momentum", momentum, lo=0), check_float("init_std", init_std, lo=0)
     lossf = get_loss(loss)
     if target is not None and getattr(lossf, "needs_ref", False):
         raise ValueError("a targeted attack needs the 'ce' or 'cw' loss, not 'kl'")
@@ -251,7 +238,7 @@ class Attack:
                  seed: int = 0): # seeds the attack's own generator at every call
         if not isinstance(model, nn.Module): raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model, self.threat = model, _make_threat(threat, norm, eps, self.needs_eps)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, lo=0)
 
     @property
     def box(self) -> Tuple[float, float]: return self.threat.box if self.threat is not None else (0.0, 1.0)
@@ -321,8 +308,8 @@ class PGD(Attack):
         super().__init__(model, threat, norm=norm, eps=eps, seed=seed)
         if schedule not in SCHEDULES: raise ValueError(f"unknown schedule {schedule!r}: allowed are {', '.join(SCHEDULES)}")
         self.schedule = schedule
-        self.steps, self.restarts = _check_int("steps", steps), _check_int("restarts", restarts)
-        self.alpha = 2.5 * self.threat.eps / steps if alpha is None else _check_float("alpha", alpha, strict=False)
+        self.steps, self.restarts = check_int("steps", steps, lo=1), check_int("restarts", restarts, lo=1)
+        self.alpha = 2.5 * self.threat.eps / steps if alpha is None else check_float("alpha", alpha, lo=0)
         self.loss = loss if callable(loss) else str(loss).lower()
         lossf = get_loss(self.loss)
         if random_start not in START_MODES:
@@ -331,9 +318,9 @@ class PGD(Attack):
             raise ValueError(f"unknown targeted {targeted!r}: allowed are False, True, 'most_confusing', 'random'")
         if targeted is not False and getattr(lossf, "needs_ref", False):
             raise ValueError("a targeted attack needs the 'ce' or 'cw' loss, not 'kl'")
-        self.random_start, self.init_std = random_start, _check_float("init_std", init_std, strict=False)
+        self.random_start, self.init_std = random_start, check_float("init_std", init_std, lo=0)
         self.targeted, self.early_stop = targeted, bool(early_stop)
-        self.momentum = _check_float("momentum", momentum, strict=False)
+        self.momentum = check_float("momentum", momentum, lo=0)
 
     def _target(self, x, y, target, clean, generator):
         if self.targeted is False: return None
@@ -384,7 +371,7 @@ class MIFGSM(PGD):
         thr = _make_threat(threat, norm, eps, True)
         super().__init__(model, thr, steps=steps, alpha=thr.eps / steps if alpha is None else alpha, loss=loss,
                          random_start=random_start, targeted=targeted, early_stop=early_stop,
-                         momentum=_check_float("decay", decay, strict=False), seed=seed)
+                         momentum=check_float("decay", decay, lo=0), seed=seed)
 
 # %% ../nbs/03_attacks.ipynb #c027
 def _adv_pred(model, xs, y, target=None) -> torch.Tensor:
@@ -415,7 +402,7 @@ def deepfool(model: nn.Module, # returns logits; used in the caller's mode
     if validate: check_inputs(model, x, y, box)
     x, y = x.detach(), y.detach()
     with torch.no_grad(): logits0 = model(x)
-    nc = min(_check_int("candidates", candidates, 2), logits0.shape[1])
+    nc = min(check_int("candidates", candidates, lo=2), logits0.shape[1])
     cand = logits0.argsort(1, descending=True)[:, :nc]
     r_tot = torch.zeros_like(x)
     active = (logits0.argmax(1) == y).nonzero().flatten()
@@ -459,8 +446,8 @@ class DeepFool(Attack):
         super().__init__(model, threat, seed=seed)
         if self.threat is not None and self.threat.norm is not Norm.L2:
             raise ValueError(f"DeepFool here is the L2 attack: threat norm must be L2, got {self.threat.norm.value}")
-        self.steps, self.search_steps = _check_int("steps", steps), _check_int("search_steps", search_steps, 0)
-        self.overshoot, self.candidates = _check_float("overshoot", overshoot, strict=False), _check_int("candidates", candidates, 2)
+        self.steps, self.search_steps = check_int("steps", steps, lo=1), check_int("search_steps", search_steps, lo=0)
+        self.overshoot, self.candidates = check_float("overshoot", overshoot, lo=0), check_int("candidates", candidates, lo=2)
 
     def perturb(self, x, y, target, generator):
         if target is not None: raise ValueError("DeepFool is untargeted")
@@ -530,9 +517,9 @@ class CWL2(Attack):
     name, needs_eps = "cw", False
     def __init__(self, model: nn.Module, # returns logits
                  threat: Optional[ThreatModel] = None, # optional; its norm must be L2 (only its box is used)
-                 *, const: float = 1e-3, # initial c (seed 002: 100)
+                 *, const: float = 1e-3, # initial c (Bilateral AT supplement, arXiv 1811.10716: 100)
                  binary_steps: int = 9, # binary-search steps over c
-                 steps: int = 1000, # Adam iterations per binary step (seed 002: 100 at lr 0.1, 1000 at lr 0.01)
+                 steps: int = 1000, # Adam iterations per binary step (Bilateral AT supplement: 100 at lr 0.1, 1000 at lr 0.01)
                  lr: float = 1e-2, # Adam learning rate
                  confidence: float = 0.0, # κ
                  abort_early: bool = True, # stop a run when the loss stalls
@@ -541,9 +528,9 @@ class CWL2(Attack):
         super().__init__(model, threat, seed=seed)
         if self.threat is not None and self.threat.norm is not Norm.L2:
             raise ValueError(f"CW-L2 needs an L2 threat model, got {self.threat.norm.value}")
-        self.const, self.lr = _check_float("const", const), _check_float("lr", lr)
-        self.binary_steps, self.steps = _check_int("binary_steps", binary_steps), _check_int("steps", steps)
-        self.confidence = _check_float("confidence", confidence, strict=False)
+        self.const, self.lr = check_float("const", const, 0, lo_open=True), check_float("lr", lr, 0, lo_open=True)
+        self.binary_steps, self.steps = check_int("binary_steps", binary_steps, lo=1), check_int("steps", steps, lo=1)
+        self.confidence = check_float("confidence", confidence, lo=0)
         self.abort_early, self.targeted = bool(abort_early), bool(targeted)
 
     def perturb(self, x, y, target, generator):
@@ -586,7 +573,7 @@ def rays(model: nn.Module, # returns logits; only its argmax is used
         ) -> RaySResult:
     "RayS: hierarchical sign-flip search for the nearest Linf decision boundary, hard-label (arXiv 2006.12792)."
     if validate: check_inputs(model, x, y, box)
-    query_budget, tol = _check_int("query_budget", query_budget), _check_float("tol", tol)
+    query_budget, tol = check_int("query_budget", query_budget, lo=1), check_float("tol", tol, 0, lo_open=True)
     x, y = x.detach(), y.detach()
     n, dim, (lo, hi) = x.shape[0], x[0].numel(), box
     xf = x.flatten(1)
@@ -646,7 +633,7 @@ class RayS(Attack):
         super().__init__(model, threat, norm="Linf", eps=eps, seed=seed)
         if self.threat is not None and self.threat.norm is not Norm.Linf:
             raise ValueError(f"RayS searches Linf sign directions: threat norm must be Linf, got {self.threat.norm.value}")
-        self.query_budget, self.tol = _check_int("query_budget", query_budget), _check_float("tol", tol)
+        self.query_budget, self.tol = check_int("query_budget", query_budget, lo=1), check_float("tol", tol, 0, lo_open=True)
         self.early_stop, self.targeted = bool(early_stop), bool(targeted)
 
     def run(self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None,
@@ -687,8 +674,6 @@ def get_attack(name: str, # a registered name: fgsm, pgd, mifgsm, deepfool, cw, 
     return ATTACKS.get(name)(model, threat, **kw)
 
 # %% ../nbs/03_attacks.ipynb #lgv01
-from .core import check_choice, check_float, check_int
-
 LANGEVIN_PROJECT = ("last", "every", "never") # when the Langevin chain is projected onto the ε-ball
 LANGEVIN_DIRECTIONS = ("auto", "sign", "normalized", "raw") # the gradient direction of a Langevin step
 

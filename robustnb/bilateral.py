@@ -13,11 +13,12 @@ from torch import nn
 
 from .core import (Adversarial, Method, MethodOutput, Norm, ThreatModel, batch_view, check_choice, check_float,
                    check_int, eval_mode)
+from .models import last_linear
 from .attacks import most_confusing_class, random_wrong_class, steepest_direction
 
 # %% auto #0
-__all__ = ['LABEL_SOLUTIONS', 'TARGETS', 'RECIPES', 'label_losses', 'adversarial_labels', 'last_linear', 'mosa_class',
-           'attack_target', 'bilateral_attack', 'soft_cross_entropy', 'BilateralAT']
+__all__ = ['LABEL_SOLUTIONS', 'TARGETS', 'RECIPES', 'label_losses', 'adversarial_labels', 'mosa_class', 'attack_target',
+           'bilateral_attack', 'soft_cross_entropy', 'BilateralAT']
 
 # %% ../nbs/09_bilateral.ipynb #c006
 LABEL_SOLUTIONS = ("main", "sup") # the paper's label solution; solution 2 of its supplement
@@ -65,15 +66,6 @@ def adversarial_labels(probs: torch.Tensor, # (N, n) clean class probabilities (
 
 # %% ../nbs/09_bilateral.ipynb #c020
 TARGETS = ("mc", "random", "mosa", "mix") # the official code's target_type values: MC, RAND, MOSA, MIX
-
-def last_linear(model: nn.Module, # a classifier whose last registered nn.Linear produces the logits
-               ) -> nn.Linear:
-    "The classifier layer used by the MOSA target: the last `nn.Linear` module registered in `model`."
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer: the 'mosa' and 'mix' targets need the "
-                         "classifier's weight matrix; use target='mc' or 'random'")
-    return layers[-1]
 
 def mosa_class(logits: torch.Tensor, # (N, n) clean logits
                y: torch.Tensor, # (N,) true classes

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .core import Registry, atomic_path, get_device
+from .core import Registry, atomic_path, check_choice, check_float, check_int, get_device
 
 # %% auto #0
 __all__ = ['ENV_VAR', 'DATASETS', 'DEFAULT_DATASET', 'LINEAR2D_W', 'LINEAR2D_C', 'AUGMENTATIONS', 'DataInfo', 'Dataset',
@@ -426,12 +426,11 @@ def _download(src: _Source, root: Path):
     else: src.fetch(root)
 
 def _val_count(val_size, n: int) -> int:
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
-        raise ValueError(f"val_size must be an int count or a float fraction in [0, 1), got {val_size!r}")
-    k = int(val_size) if isinstance(val_size, (int, np.integer)) else int(round(float(val_size) * n))
-    if isinstance(val_size, (float, np.floating)) and not 0 <= val_size < 1:
-        raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size}")
-    if not 0 <= k < n or (val_size and k == 0):
+    "The number of validation examples `val_size` asks for: a count, or a fraction of the `n` training examples."
+    if isinstance(val_size, (float, np.floating)):
+        k = int(round(check_float("val_size as a fraction", val_size, 0, 1, hi_open=True) * n))
+    else: k = check_int("val_size as a count", val_size, lo=0)
+    if not k < n or (val_size and k == 0):
         raise ValueError(f"val_size={val_size!r} gives {k} validation examples; it must leave between 1 and {n - 1} "
                          f"of the {n} training examples")
     return k
@@ -445,8 +444,7 @@ def get_data(name: str, # one of DATASETS.names(): mnist, fashion_mnist, cifar10
             ) -> Dataset:
     "Load data set `name` into memory: uint8 images (float32 for the 2-D sets), int64 labels, its `DataInfo`."
     src = DATASETS.get(name)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_int("seed", seed, lo=0)
     dev = torch.device("cpu") if device is None else get_device(device)
     files, found = {}, {}
     if src.files:
@@ -533,15 +531,12 @@ class Batches:
                              f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}")
         if x.dtype != torch.uint8 and not x.is_floating_point():
             raise ValueError(f"x must be uint8 images or floats in [0,1], got dtype {x.dtype}")
-        for nm, v, lo in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("seed", seed, 0),
-                          ("pad", pad, 0), ("rank", rank, 0)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"{nm} must be an int >= {lo}, got {v!r}")
-        if rank >= world_size: raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        for nm, v, lo in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("seed", seed, 0), ("pad", pad, 0)):
+            check_int(nm, v, lo=lo)
+        check_int(f"rank (of world_size={world_size})", rank, 0, world_size - 1)
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} (the global batch) must be divisible by world_size={world_size}")
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"unknown augment {augment!r}: allowed are None, 'crop_flip'")
+        check_choice("augment", augment, AUGMENTATIONS)
         if augment and x.dim() != 4: raise ValueError(f"augment='crop_flip' needs images (N, C, H, W), got {tuple(x.shape)}")
         dev = x.device if device is None else get_device(device)
         self.x, self.y = x.to(dev), y.to(dev)
@@ -554,9 +549,7 @@ class Batches:
 
     def set_epoch(self, epoch: int): # the epoch the next iteration replays
         "Make the next iteration epoch `epoch`: its order and augmentation depend only on (seed, epoch)."
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = check_int("epoch", epoch, lo=0)
 
     def __len__(self) -> int:
         n, b = len(self.x), self.batch_size

@@ -15,24 +15,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Registry
+from .core import Registry, check_choice, check_float, check_int
 
 # %% auto #0
 __all__ = ['MODELS', 'Normalize', 'NormalizedModel', 'num_params', 'has_batchnorm', 'LinearModel', 'MLP', 'SmallCNN', 'LeNet5',
            'BasicBlock', 'Bottleneck', 'ResNet', 'ResNet18', 'ResNet50', 'PreActBlock', 'PreActResNet18', 'CifarResNet',
            'ResNet20', 'WideBasic', 'WideResNet', 'wrn_34_10', 'wrn_28_10', 'Conv2dSame', 'MadryUnit',
-           'MadryWideResNet', 'wrn_28_10_madry', 'get_model', 'param_table']
+           'MadryWideResNet', 'wrn_28_10_madry', 'get_model', 'last_linear', 'param_table']
 
 # %% ../nbs/02_models.ipynb #c005
 def _as_stats(v, what: str) -> Tuple[float, ...]:
     "A non-empty tuple of finite floats from a number, a sequence of numbers or a 1-D tensor."
     if isinstance(v, torch.Tensor): v = v.detach().cpu().reshape(-1).tolist()
     if isinstance(v, numbers.Real) and not isinstance(v, bool): v = (v,)
-    try: vals = tuple(float(a) for a in v)
-    except (TypeError, ValueError): vals = ()
-    if not vals or not all(math.isfinite(a) for a in vals):
-        raise ValueError(f"{what} must be a finite number or a non-empty sequence of finite numbers, got {v!r}")
-    return vals
+    try: vals = tuple(v)
+    except TypeError: vals = ()
+    if not vals: raise ValueError(f"{what} must be a finite number or a non-empty sequence of finite numbers, got {v!r}")
+    return tuple(check_float(f"every entry of {what} {vals}", a) for a in vals)
 
 class Normalize(nn.Module):
     "Standardize inputs per channel, `(x - mean) / std`, with `mean` and `std` held as buffers."
@@ -93,12 +92,10 @@ def has_batchnorm(model: nn.Module) -> bool:
 def _size(input_size) -> Tuple[int, ...]:
     "`input_size` as a tuple of positive ints: None → (), 8 → (8, 8), (H, W) kept."
     if input_size is None: return ()
-    if isinstance(input_size, bool): raise ValueError(f"input_size must be an int or a tuple of ints, got {input_size!r}")
-    if isinstance(input_size, int): input_size = (input_size, input_size)
-    try: size = tuple(int(s) for s in input_size)
-    except (TypeError, ValueError): raise ValueError(f"input_size must be an int or a tuple of ints, got {input_size!r}") from None
-    if any(s < 1 for s in size): raise ValueError(f"input_size must be positive, got {input_size!r}")
-    return size
+    if isinstance(input_size, (tuple, list, torch.Size)):
+        return tuple(check_int(f"every entry of input_size {tuple(input_size)}", s, lo=1) for s in input_size)
+    s = check_int("input_size", input_size, lo=1)
+    return (s, s)
 
 def _image_size(input_size, model: str) -> Tuple[int, int]:
     "The (H, W) of an image input; `ValueError` for anything else."
@@ -108,9 +105,7 @@ def _image_size(input_size, model: str) -> Tuple[int, int]:
     return size
 
 def _check_counts(in_channels, num_classes):
-    for n, v, lo in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            raise ValueError(f"{n} must be an int >= {lo}, got {v!r}")
+    check_int("in_channels", in_channels, lo=1); check_int("num_classes", num_classes, lo=2)
 
 def _conv_out(s: int, k: int, p: int = 0, stride: int = 1) -> int:
     "Output length of a convolution or pooling window along one axis."
@@ -148,8 +143,7 @@ class MLP(nn.Module):
         _check_counts(in_channels, num_classes)
         if isinstance(hidden, int): hidden = (hidden,)
         hidden = tuple(hidden)
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
+        for h in hidden: check_int(f"every entry of hidden {hidden}", h, lo=1)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: allowed are {', '.join(_ACTIVATIONS)}")
         layers, d = [], _in_features(in_channels, input_size)
@@ -171,8 +165,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         _check_counts(in_channels, num_classes)
         h, w = _image_size(input_size, "smallcnn")
-        if padding is None: padding = 0 if min(h, w) >= 16 else 1
-        if padding not in (0, 1): raise ValueError(f"padding must be 0, 1 or None, got {padding!r}")
+        if check_choice("padding", padding, (None, 0, 1)) is None: padding = 0 if min(h, w) >= 16 else 1
         for _ in range(2): h, w = (_conv_out(_conv_out(_conv_out(s, 3, padding), 3, padding), 2, 0, 2) for s in (h, w))
         if min(h, w) < 1: raise ValueError(f"input_size {input_size!r} is too small for smallcnn with padding={padding}")
         self.padding, self.feature_shape = padding, (64, h, w)
@@ -202,8 +195,7 @@ class LeNet5(nn.Module):
         super().__init__()
         _check_counts(in_channels, num_classes)
         h, w = _image_size(input_size, "lenet5")
-        if padding is None: padding = 0 if min(h, w) >= 16 else 2
-        if padding not in (0, 1, 2): raise ValueError(f"padding must be 0, 1, 2 or None, got {padding!r}")
+        if check_choice("padding", padding, (None, 0, 1, 2)) is None: padding = 0 if min(h, w) >= 16 else 2
         h, w = (_conv_out(_conv_out(_conv_out(_conv_out(s, 5, 2), 2, 0, 2), 5, padding), 2, 0, 2) for s in (h, w))
         if min(h, w) < 1: raise ValueError(f"input_size {input_size!r} is too small for lenet5 with padding={padding}")
         self.padding, self.feature_shape = padding, (16, h, w)
@@ -439,9 +431,8 @@ class WideResNet(nn.Module):
         _check_counts(in_channels, num_classes)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40), got {depth!r}")
-        if isinstance(widen_factor, bool) or not isinstance(widen_factor, int) or widen_factor < 1:
-            raise ValueError(f"widen_factor must be a positive int, got {widen_factor!r}")
-        if not 0.0 <= dropout < 1.0: raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_int("widen_factor", widen_factor, lo=1)
+        check_float("dropout", dropout, 0, 1, hi_open=True)
         n, ch = (depth - 4) // 6, [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.depth, self.widen_factor = depth, widen_factor
         self.conv1 = nn.Conv2d(in_channels, ch[0], 3, 1, 1, bias=False)
@@ -521,9 +512,8 @@ class MadryWideResNet(nn.Module):
                  leak: float = 0.1): # slope of the leaky ReLU
         super().__init__()
         _check_counts(in_channels, num_classes)
-        for nm, v in (("widen_factor", widen_factor), ("units", units)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{nm} must be a positive int, got {v!r}")
-        if not 0.0 <= leak < 1.0: raise ValueError(f"leak must be in [0, 1), got {leak!r}")
+        check_int("widen_factor", widen_factor, lo=1); check_int("units", units, lo=1)
+        check_float("leak", leak, 0, 1, hi_open=True)
         filters = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.leak = leak
         self.init_conv = Conv2dSame(in_channels, filters[0], 3, 1)
@@ -615,6 +605,14 @@ def get_model(name: str, # a name in `MODELS` ('smallcnn', 'wrn-34-10', ...)
 
 # %% ../nbs/02_models.ipynb #ca24
 MODELS.register("wrn-28-10-madry", obj=wrn_28_10_madry)
+
+# %% ../nbs/02_models.ipynb #c52a
+def last_linear(model: nn.Module, # a classifier whose last registered nn.Linear produces the logits
+               ) -> nn.Linear:
+    "The classifier layer of `model`: its last registered `nn.Linear`; `ValueError` if it has none."
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not layers: raise ValueError(f"{type(model).__name__} has no nn.Linear layer: it has no classifier layer to take")
+    return layers[-1]
 
 # %% ../nbs/02_models.ipynb #c054
 def param_table(specs: Sequence[Tuple[str, int, int, Any]], # (name, in_channels, num_classes, input_size) rows

@@ -34,20 +34,20 @@ from .core import (SHARED_KNOBS, Adversarial, Knob, Method, MethodOutput, Norm, 
                            get_device, knobs_of, load_error, parse_value, safe_load, set_seed, train_mode)
 from .data import Batches, DATASETS, dataset_info, get_data, to_float
 from .models import MODELS, get_model
-from .backward import hessian_top_eigenvalue
-from .evaluate import (SUITES, EvalResult, evaluate, evaluate_run, get_eval_attack, headline_text,
-                               save_run_model)
+from .analysis import hessian_top_eigenvalue
+from .evaluate import EVAL_FILES, EVAL_JSON, SUITES, EvalResult, evaluate, get_eval_attack, headline_text
+from .runs import (CHECKPOINT_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE,
+                           RUN_FILES, RunLock, RunLocked, evaluate_run, save_run_model)
 
 # %% auto #0
-__all__ = ['COMPONENT_MODULES', 'METHODS', 'OPTIMIZERS', 'PERTURBATIONS', 'RECIPES', 'KNOBS', 'SCHEDULES', 'RUN_FILES',
-           'EVAL_FILES', 'CKPT_FORMAT', 'LOCK_FILE', 'TrainConfig', 'register', 'register_module', 'load_plugins',
-           'SGD', 'NesterovSGD', 'Adam', 'lr_at', 'components', 'resolved_knobs', 'build_method', 'param_groups',
-           'build_optimizer', 'build_perturbation', 'validate', 'make_config', 'papermill_parameters',
-           'config_from_parameters', 'parameters_cell', 'knob_help', 'DistInfo', 'init_distributed', 'ddp_outer',
-           'RunLocked', 'RunLock', 'config_json', 'config_from_json', 'upgrade_config', 'load_checkpoint',
-           'upgrade_checkpoint', 'prepare_out_dir', 'RunResult', 'summary_line', 'TrainingDiverged', 'TrainState',
-           'setup', 'train_epoch', 'validate_epoch', 'save_checkpoint', 'finish', 'fit', 'evaluate_after_fit',
-           'build_parser', 'main']
+__all__ = ['COMPONENT_MODULES', 'METHODS', 'OPTIMIZERS', 'PERTURBATIONS', 'RECIPES', 'KNOBS', 'SCHEDULES', 'CKPT_FORMAT',
+           'TrainConfig', 'register', 'register_module', 'load_plugins', 'SGD', 'NesterovSGD', 'Adam', 'lr_at',
+           'components', 'resolved_knobs', 'build_method', 'param_groups', 'build_optimizer', 'build_perturbation',
+           'validate', 'make_config', 'papermill_parameters', 'config_from_parameters', 'parameters_cell',
+           'write_parameters_cell', 'knob_help', 'DistInfo', 'init_distributed', 'ddp_outer', 'config_json',
+           'config_from_json', 'upgrade_config', 'load_checkpoint', 'upgrade_checkpoint', 'prepare_out_dir',
+           'RunResult', 'summary_line', 'TrainingDiverged', 'TrainState', 'setup', 'train_epoch', 'validate_epoch',
+           'save_checkpoint', 'finish', 'fit', 'evaluate_after_fit', 'build_parser', 'main']
 
 # %% ../nbs/11_train.ipynb #c005
 @dataclass
@@ -364,6 +364,14 @@ def parameters_cell() -> str:
         lines.append(f"{name}: {_knob_type(name)} = None  # {knob_help(name)}")
     return "\n".join(lines)
 
+def write_parameters_cell(path: Union[str, Path] = "nbs/train.ipynb"): # the papermill run notebook
+    "Rewrite the parameters cell of the papermill notebook from `parameters_cell()` (after adding a component)."
+    p = Path(path)
+    nb = json.loads(p.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    cell["source"] = parameters_cell().splitlines(True)
+    atomic_write_text(p, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
 def _knob_type(name: str) -> str:
     a = KNOBS[name][0].annotation.replace(" ", "")
     a = a[len("Optional["):-1] if a.startswith("Optional[") else a
@@ -415,74 +423,9 @@ def ddp_outer(ddp: nn.Module) -> Callable:
     return outer
 
 # %% ../nbs/11_train.ipynb #c023
-RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.pt", "checkpoint.pt", "curves.png")
-EVAL_FILES = ("eval.json", "eval.md") # written by the evaluation after training (robustnb.evaluate.evaluate_run)
 CKPT_FORMAT = "robustnb-checkpoint-2" # tensors and plain values only (format 1 pickled NumPy and Python objects)
-LOCK_FILE = ".robustnb.lock"
 _NOT_COMPARED = {"resume", "overwrite", "out_dir", "device", "epochs", "eval_every", "test_subset", "root",
                  "eval_suite", "aa_subset", "download"} # bookkeeping, or fields that only matter after training
-
-class RunLocked(RuntimeError):
-    "Another process is running in this out_dir."
-
-class RunLock:
-    "An exclusive lock on a run directory, held for the whole run, released on exit and by the OS when the process dies."
-    def __init__(self, out_dir: Union[str, Path]): # the run directory (created if missing)
-        self.out, self.fd, self.created = Path(out_dir), None, False
-
-    def acquire(self) -> "RunLock":
-        "Take the lock, or raise `RunLocked` naming the process that holds it."
-        import fcntl
-        self.created = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / LOCK_FILE
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 512).decode(errors="replace").strip() or "unknown process"
-                os.close(fd)
-                self._undo_mkdir()
-                raise RunLocked(f"out_dir {self.out} is in use by another run ({holder}): wait for it to finish, or "
-                                "choose another out_dir") from None
-            try: same = os.fstat(fd).st_ino == os.stat(path).st_ino  # the file we locked is still the lock file
-            except FileNotFoundError: same = False
-            if same: break
-            os.close(fd)
-        stale = os.read(fd, 512).decode(errors="replace").strip()
-        os.ftruncate(fd, 0); os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
-        self.fd, self.took_over = fd, stale or None  # the lock of a process that died: taken over
-        return self
-
-    @staticmethod
-    def holder(out_dir: Union[str, Path]) -> Optional[str]:
-        "Who holds the lock on `out_dir` (pid, host, start), or None when no live process does."
-        import fcntl
-        path = Path(out_dir) / LOCK_FILE
-        try: fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError: return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        except BlockingIOError: return os.read(fd, 512).decode(errors="replace").strip() or "unknown process"
-        finally: os.close(fd)
-
-    def release(self):
-        "Give the lock back (and remove the folder again if this lock created it and nothing was written)."
-        if self.fd is None: return
-        import fcntl
-        try: os.unlink(self.out / LOCK_FILE)
-        except FileNotFoundError: pass
-        fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd); self.fd = None
-        self._undo_mkdir()
-
-    def _undo_mkdir(self):
-        if self.created and self.out.is_dir() and not any(self.out.iterdir()): self.out.rmdir()
-
-    def __enter__(self): return self.acquire()
-    def __exit__(self, *exc): self.release()
 
 def config_json(cfg: TrainConfig) -> Dict[str, Any]:
     "What `config.json` holds: the run-level fields and the value of every knob of the run's components (plain values)."
@@ -550,11 +493,11 @@ def prepare_out_dir(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
     if out.exists() and not out.is_dir(): raise ValueError(f"out_dir {out} exists and is not a directory")
     present = [f for f in RUN_FILES + EVAL_FILES if (out / f).exists()]
     if cfg.resume:
-        if (out / "checkpoint.pt").exists(): return load_checkpoint(out / "checkpoint.pt", cfg)
+        if (out / CHECKPOINT_FILE).exists(): return load_checkpoint(out / CHECKPOINT_FILE, cfg)
         if not present or cfg.overwrite: return None
-        hist = out / "history.jsonl"
-        if set(present) <= {"config.json", "history.jsonl"} and not (hist.exists() and hist.read_text().strip()):
-            try: old = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+        hist = out / HISTORY_FILE
+        if set(present) <= {CONFIG_FILE, HISTORY_FILE} and not (hist.exists() and hist.read_text().strip()):
+            try: old = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).exists() else {}
             except ValueError: old = None
             diff = None if old is None else _diff(old, config_json(cfg))
             if diff == []: return None  # killed before its first checkpoint: start it again
@@ -687,7 +630,7 @@ def setup(cfg: TrainConfig, # a validated config
         ckpt = prepare_out_dir(cfg) if dinfo.is_main else None  # under the lock: no other run can slip in between
         if dinfo.enabled:  # the other ranks read the checkpoint rank 0 resumes from (after rank 0 checked it)
             flag = [ckpt is not None]; dist.broadcast_object_list(flag, src=0)
-            if flag[0] and not dinfo.is_main: ckpt = load_checkpoint(out / "checkpoint.pt", cfg)
+            if flag[0] and not dinfo.is_main: ckpt = load_checkpoint(out / CHECKPOINT_FILE, cfg)
         set_seed(cfg.seed)  # the model's initialization depends on the seed only
         model = get_model(cfg.arch, dataset=dataset_info(cfg.dataset))
         if dinfo.enabled and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -720,8 +663,8 @@ def setup(cfg: TrainConfig, # a validated config
             for p in _stale_tmp_files(out): p.unlink()  # left by a write that a kill interrupted
             if ckpt is None:
                 for f in RUN_FILES + EVAL_FILES: (out / f).unlink(missing_ok=True)
-            atomic_write_text(out / "config.json", json.dumps(config_json(cfg), indent=2))
-            atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in st.history))
+            atomic_write_text(out / CONFIG_FILE, json.dumps(config_json(cfg), indent=2))
+            atomic_write_text(out / HISTORY_FILE, "".join(json.dumps(h) + "\n" for h in st.history))
         return st
     except BaseException:
         if lock is not None: lock.release()
@@ -824,8 +767,8 @@ def save_checkpoint(st: TrainState, rec: Dict[str, Any]):
                            optimizer=st.opt.state_dict(), scaler=st.scaler.state_dict() if st.scaler else None,
                            best=st.best, history=st.history, rng=_rng_state(), method=st.method.state_dict(),
                            perturbation=st.perturbation.state_dict() if st.perturbation is not None else {},
-                           resumes=st.resumes), st.out / "checkpoint.pt")
-    atomic_write_text(st.out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in st.history))
+                           resumes=st.resumes), st.out / CHECKPOINT_FILE)
+    atomic_write_text(st.out / HISTORY_FILE, "".join(json.dumps(h) + "\n" for h in st.history))
 
 def finish(st: TrainState) -> RunResult:
     "Step 5 of `fit`: the selected model on the test set, `model.pt`, `metrics.json` and `curves.png`."
@@ -844,9 +787,9 @@ def finish(st: TrainState) -> RunResult:
                        robust_acc={attack: res[attack].accuracy}, headline=res.headline,
                        headline_source="fit: the selection attack on the test set (replaced by the evaluation suite's "
                                        "worst case when it runs)", resumes=st.resumes)
-        save_run_model(st.out / "model.pt", st.model, config_json(cfg))
-        atomic_write_text(st.out / "metrics.json", json.dumps(metrics, indent=2))
-        _plot_curves(st.history, st.out / "curves.png", f"{cfg.method} on {cfg.dataset}/{cfg.arch}, ε={cfg.eps:.4g} "
+        save_run_model(st.out / MODEL_FILE, st.model, config_json(cfg))
+        atomic_write_text(st.out / METRICS_FILE, json.dumps(metrics, indent=2))
+        _plot_curves(st.history, st.out / CURVES_FILE, f"{cfg.method} on {cfg.dataset}/{cfg.arch}, ε={cfg.eps:.4g} "
                      f"({cfg.norm})", get_eval_attack(cfg.val_attack).title)
     return RunResult(st.model, metrics, st.history, st.out)
 
@@ -882,7 +825,7 @@ def evaluate_after_fit(run: RunResult, # what fit returned
     if cfg.eval_suite == "none" or not run.metrics: return None
     res = evaluate_run(run.out_dir, suite=cfg.eval_suite, n=cfg.test_subset or None, aa_subset=cfg.aa_subset or None,
                        device=cfg.device, progress=progress)
-    run.metrics.update(headline=res.headline, headline_source="eval.json")  # as evaluate_run wrote into metrics.json
+    run.metrics.update(headline=res.headline, headline_source=EVAL_JSON)  # as evaluate_run wrote into metrics.json
     return res
 
 # %% ../nbs/11_train.ipynb #c041

@@ -377,7 +377,7 @@ def test_ddp_shards_disjoint_and_complete(world_size, bs, drop_last):
 def test_batches_validation():
     x, y = torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10)
     for kw, msg in [(dict(batch_size=0), "batch_size"), (dict(batch_size=10, world_size=3), "divisible"),
-                    (dict(batch_size=4, rank=2, world_size=2), "rank"), (dict(batch_size=4, augment="cutout"), "allowed"),
+                    (dict(batch_size=4, rank=2, world_size=2), "rank"), (dict(batch_size=4, augment="cutout"), "augment must be one of"),
                     (dict(batch_size=4, pad=-1), "pad"), (dict(batch_size=4, seed=-1), "seed")]:
         with pytest.raises(ValueError, match=msg):
             Batches(x, y, **kw)

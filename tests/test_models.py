@@ -134,9 +134,9 @@ def test_unknown_names_and_bad_arguments():
         get_model("resnet18", in_channels=3)
     with pytest.raises(ValueError, match="in_channels and num_classes must be given"):
         get_model("linear")
-    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
         get_model("linear", in_channels=2, num_classes=1)
-    with pytest.raises(ValueError, match="in_channels must be an int >= 1"):
+    with pytest.raises(ValueError, match="in_channels must be an integer >= 1"):
         get_model("linear", in_channels=2.5, num_classes=2)
     with pytest.raises(ValueError, match="wideresnet accepts depth, widen_factor, dropout"):
         get_model("wideresnet", in_channels=3, num_classes=10, width=3)

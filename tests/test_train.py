@@ -29,7 +29,7 @@ def _parameters_cell():
 def test_parameters_cell_mirrors_trainconfig():
     from robustnb.train import KNOBS, parameters_cell
     src = _parameters_cell()
-    assert src == parameters_cell(), "nbs/train.ipynb is out of date: paste robustnb.train.parameters_cell() into it"
+    assert src == parameters_cell(), "nbs/train.ipynb is out of date: run robustnb.train.write_parameters_cell()"
     tree = ast.parse(src)
     assigns = [n for n in tree.body if isinstance(n, ast.AnnAssign)]
     assert len(assigns) == len(tree.body), "the parameters cell holds only annotated assignments"
@@ -201,7 +201,7 @@ def test_two_runs_into_one_folder_the_second_is_refused(tmp_path):
     assert first.wait(300) == 0, first.stderr.read()[-3000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == "trades" and cfg["epochs"] == 6          # the first run's folder, whole
-    from robustnb.evaluate import load_run_model
+    from robustnb.runs import load_run_model
     _, snap = load_run_model(out)
     assert snap == cfg and not (out / ".robustnb.lock").exists()
 
@@ -262,7 +262,7 @@ def test_evaluate_run_takes_the_threat_model_from_the_weights_snapshot(tmp_path)
     assert cli(*fast(eps=0.1), "--out_dir", out).returncode == 0
     cfg = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**cfg, "eps": 0.3}))  # as another run writing into the folder would
-    from robustnb.evaluate import evaluate_run
+    from robustnb.runs import evaluate_run
     ev = evaluate_run(out, suite=["pgd3"], n=32, checks=False, progress=False)
     assert ev.threat.eps == 0.1
 
@@ -277,7 +277,7 @@ def test_a_checkpoint_or_model_that_would_run_code_is_never_unpickled(tmp_path):
     assert "without running code" in one_line_error(cli(*FAST, "--out_dir", out, "--resume"))
     (out / "config.json").write_text(json.dumps({"arch": "smallcnn", "dataset": "digits"}))
     (out / "model.pt").write_bytes(pickle.dumps({"format": "robustnb-model-1", "x": Evil()}))
-    from robustnb.evaluate import load_run_model
+    from robustnb.runs import load_run_model
     with pytest.raises(ValueError, match="cannot be read safely"):
         load_run_model(out)
     assert not marker.exists()
