@@ -514,6 +514,10 @@ class OptimizerHooks:
         "Hook called before every epoch; the default does nothing."
         return None
 
+    def set_noise_seed(self, seed: int): # the same on every rank
+        "Draw the optimizer's own noise (Langevin steps) from a generator of `seed`: what every process of a distributed run must share; the default has no noise."
+        return None
+
 class WeightPerturbation:
     "Base class of weight perturbations applied around the gradient (AWP): `perturb` before the backward, `restore` after the step."
     name: str = "perturbation"

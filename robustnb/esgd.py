@@ -200,6 +200,7 @@ class EntropySGD(OptimizerHooks, torch.optim.Optimizer):
             buffer_init=check_choice("buffer_init", buffer_init, ("grad", "zero")), t=0, epoch=0)
         super().__init__(params, defaults)
         self.variance: Optional[List[torch.Tensor]] = None # σ² of the last second-order step, per parameter (diagnostics)
+        self.noise_generator: Optional[torch.Generator] = None # None: the global stream (a single process)
         self._check_groups()
 
     def _check_groups(self):
@@ -254,13 +255,34 @@ class EntropySGD(OptimizerHooks, torch.optim.Optimizer):
             s["buf"].mul_(mom).add_(d, alpha=1.0)
             d = d.add_(s["buf"], alpha=mom) if g["nesterov"] else s["buf"].clone()
         d.add_(s["wc"] - p, alpha=-gam)
-        if g["noise"] > 0: d.add_(torch.randn_like(p), alpha=g["noise"] / math.sqrt(0.5 * lr_in))
+        if g["noise"] > 0:
+            noise = torch.randn_like(p) if self.noise_generator is None else \
+                    torch.randn(p.shape, generator=self.noise_generator, device=p.device, dtype=p.dtype)
+            d.add_(noise, alpha=g["noise"] / math.sqrt(0.5 * lr_in))
         p.add_(d, alpha=-lr_in)
         s["mu"].mul_(b1).add_(p, alpha=1 - b1)
         if g["second_order"]:
             dev = p - s["wc"]
             s["m1"].mul_(b1).add_(dev, alpha=1 - b1)
             s["m2"].mul_(b1).addcmul_(dev, dev, value=1 - b1)
+
+    def set_noise_seed(self, seed: int): # the same on every rank
+        "Draw the Langevin noise from a generator of `seed`, so that every rank of a distributed run adds the same noise."
+        dev = self.param_groups[0]["params"][0].device
+        self.noise_generator = torch.Generator(device=dev)
+        self.noise_generator.manual_seed(check_int("seed", seed, lo=0))
+
+    def state_dict(self) -> Dict[str, Any]:
+        "torch's optimizer state, plus the state of the noise generator when there is one."
+        sd = super().state_dict()
+        if self.noise_generator is not None: sd["noise_rng"] = self.noise_generator.get_state()
+        return sd
+
+    def load_state_dict(self, state: Dict[str, Any]):
+        state = dict(state)
+        rng = state.pop("noise_rng", None)
+        super().load_state_dict(state)
+        if rng is not None and self.noise_generator is not None: self.noise_generator.set_state(rng)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor], # draws a fresh minibatch, zero-grads, back-propagates, returns the loss

@@ -639,6 +639,7 @@ def setup(cfg: TrainConfig, # a validated config
         method = build_method(cfg)
         perturbation = build_perturbation(cfg, method)
         opt = build_optimizer(cfg, model.parameters())
+        if dinfo.enabled: opt.set_noise_seed(cfg.seed)  # an optimizer's own noise must be the same on every rank
         scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
         step_model = torch.compile(model) if cfg.compile else model
         st = TrainState(cfg, device, dinfo, out, data, model, step_model, method, opt, perturbation, scaler, batches,

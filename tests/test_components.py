@@ -111,9 +111,12 @@ def _torchrun(args, out):
     return torch.load(out / "checkpoint.pt", weights_only=True)
 
 
-def test_two_processes_equal_one_with_a_closure_optimizer(tmp_path):
-    common = ["--plugins", "toy_components", "--method", "standard", "--arch", "lenet5", "--optimizer", "stub_sgd",
-              "--stub_k", "2", "--epochs", "2", "--eval_every", "100", *flags(**SMALL), "--quiet"]
+@pytest.mark.parametrize("opt", [["--optimizer", "stub_sgd", "--stub_k", "2"],
+                                 ["--optimizer", "entropy_sgd", "--esgd_L", "2", "--esgd_noise", "0", "--weight_decay", "5e-4"]],
+                         ids=["stub_sgd", "entropy_sgd"])
+def test_two_processes_equal_one_with_a_closure_optimizer(tmp_path, opt):
+    common = ["--plugins", "toy_components", "--method", "standard", "--arch", "lenet5", *opt, "--epochs", "2",
+              "--eval_every", "100", *flags(**SMALL), "--quiet"]
     assert cli(*common, "--out_dir", tmp_path / "one").returncode == 0
     a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
     b = _torchrun(common, tmp_path / "two")
