@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = {  # name -> overrides of the trades_mnist_smallcnn recipe
     "TRADES-10": dict(method="trades", steps=10, alpha=None),
-    "BS": dict(method="bs", alpha=0.3, gamma=1.0),
+    "BS": dict(method="bs", alpha=0.3, bs_gamma=1.0),
     "Fast AT": dict(method="fast_at", steps=1, alpha=0.375),
     "Fast TRADES": dict(method="fast_trades", steps=1, alpha=0.3),
 }
@@ -37,7 +37,7 @@ METHODS = {  # name -> overrides of the trades_mnist_smallcnn recipe
 
 def interleaved_ratio(T, cfgs, rounds, seed=0):
     "Median over `rounds` of (BS step time) / (TRADES-10 step time), the two steps run back to back on one batch."
-    from robustnb.core import Timer, get_device, set_seed
+    from robustnb.core import Timer, composed_step, get_device, set_seed
     from robustnb.data import Batches, get_data
     from robustnb.models import get_model
     c_tr, c_bs = cfgs["TRADES-10"], cfgs["BS"]
@@ -48,12 +48,12 @@ def interleaved_ratio(T, cfgs, rounds, seed=0):
     steps = {}
     for name, c in (("TRADES-10", c_tr), ("BS", c_bs)):
         model = get_model(c.arch, dataset="mnist").to(dev)
-        steps[name] = (model, T.build_method(c), torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum))
+        steps[name] = (model, T.build_method(c), T.build_optimizer(c, model.parameters()))
     ratios = []
     for r in range(rounds + 1):  # the first round warms up
         t = {}
         for name, (model, method, opt) in steps.items():
-            with Timer(dev) as tm: T.train_step(model, method, opt, x, y)
+            with Timer(dev) as tm: composed_step(model, method, opt, iter([(x, y)]))
             t[name] = tm.elapsed
         if r: ratios.append(t["BS"] / t["TRADES-10"])
     return statistics.median(ratios), ratios
