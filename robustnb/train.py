@@ -37,7 +37,7 @@ from .models import MODELS, get_model
 from .analysis import hessian_top_eigenvalue
 from .evaluate import EVAL_FILES, EVAL_JSON, SUITES, EvalResult, evaluate, get_eval_attack, headline_text
 from .runs import (CHECKPOINT_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE,
-                           RUN_FILES, RunLock, RunLocked, evaluate_run, save_run_model)
+                           RUN_FILES, RunLock, RunLocked, evaluate_run, load_run_model, save_run_model)
 
 # %% auto #0
 __all__ = ['COMPONENT_MODULES', 'METHODS', 'OPTIMIZERS', 'PERTURBATIONS', 'RECIPES', 'KNOBS', 'SCHEDULES', 'CKPT_FORMAT',
@@ -86,6 +86,7 @@ class TrainConfig:
     augment: str = "auto" # auto (crop+flip for 32x32 colour sets), none, crop_flip
     root: Optional[str] = None # data root (else $ROBUSTNB_DATA, else a cache folder)
     download: bool = False # fetch missing data files (md5-checked) where a network is available
+    init_from: Optional[str] = None # a run directory whose selected weights start this run (fine-tuning; same arch and dataset)
     plugins: str = "" # comma-separated Python modules whose methods, optimizers and perturbations are registered too
     out_dir: str = "runs/default" # run directory
     resume: bool = False # continue the run in out_dir from its checkpoint
@@ -285,6 +286,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not isinstance(cfg.out_dir, str) or not cfg.out_dir.strip():
         raise ValueError(f"out_dir must name a directory, got {cfg.out_dir!r}")
     if cfg.root is not None and not str(cfg.root).strip(): raise ValueError("root must name a directory or be None, got ''")
+    if cfg.init_from is not None:
+        if not (Path(cfg.init_from) / MODEL_FILE).is_file():
+            raise ValueError(f"init_from {cfg.init_from!r} is not a finished run directory (no {MODEL_FILE})")
+        if Path(cfg.init_from).resolve() == Path(cfg.out_dir).resolve():
+            raise ValueError("init_from must be another run directory than out_dir (use resume to continue a run)")
     unused = sorted(set(cfg.knobs) - {k.name for cls in comp.values() for k in knobs_of(cls)})
     if unused:
         owners = "; ".join(f"{k}: {', '.join(o.owner for o in KNOBS.get(k, []))}" for k in unused)
@@ -633,6 +639,7 @@ def setup(cfg: TrainConfig, # a validated config
             if flag[0] and not dinfo.is_main: ckpt = load_checkpoint(out / CHECKPOINT_FILE, cfg)
         set_seed(cfg.seed)  # the model's initialization depends on the seed only
         model = get_model(cfg.arch, dataset=dataset_info(cfg.dataset))
+        if cfg.init_from is not None and ckpt is None: _initialize_from(model, cfg)
         if dinfo.enabled and cfg.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
         if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
@@ -670,6 +677,14 @@ def setup(cfg: TrainConfig, # a validated config
     except BaseException:
         if lock is not None: lock.release()
         raise
+
+def _initialize_from(model: nn.Module, cfg: TrainConfig):
+    "Load the selected weights of the run `cfg.init_from` (fine-tuning), refusing a run of another model or data set."
+    src, snap = load_run_model(cfg.init_from)
+    if (snap["arch"], snap["dataset"]) != (cfg.arch, cfg.dataset):
+        raise ValueError(f"init_from {cfg.init_from} trained {snap['arch']} on {snap['dataset']}, this run trains "
+                         f"{cfg.arch} on {cfg.dataset}: fine-tuning needs the same model and data set")
+    model.load_state_dict(src.state_dict())
 
 def _diverged(st: TrainState, epoch: int, batch: int, what: str) -> TrainingDiverged:
     last = st.history[-1]["epoch"] if st.history else None
