@@ -2,7 +2,10 @@
 from configparser import ConfigParser
 from pathlib import Path
 
+import shutil
+
 import setuptools
+from setuptools.command.build_py import build_py
 
 cfg = ConfigParser(delimiters=["="])
 cfg.read(Path(__file__).with_name("settings.ini"), encoding="utf-8")
@@ -17,7 +20,25 @@ dev_requirements = cfg.get("dev_requirements", "").split()
 console_scripts = cfg.get("console_scripts", "").split()
 readme = Path(__file__).with_name("README.md")
 
+ASSETS = {"nbs/train.ipynb": "train.ipynb", "nbs/report.ipynb": "report.ipynb", "experiments": "experiments"}
+
+
+class BuildPyWithAssets(build_py):
+    "build_py that also ships the papermill notebooks and the experiment specs in robustnb/assets (for wheels)."
+    def run(self):
+        super().run()
+        root = Path(__file__).resolve().parent
+        dest = Path(self.build_lib) / cfg["lib_path"] / "assets"
+        for src, name in ASSETS.items():
+            s, d = root / src, dest / name
+            if not s.exists(): continue
+            d.parent.mkdir(parents=True, exist_ok=True)
+            if s.is_dir(): shutil.copytree(s, d, dirs_exist_ok=True)
+            else: shutil.copyfile(s, d)
+
+
 setuptools.setup(
+    cmdclass={"build_py": BuildPyWithAssets},
     name=cfg["lib_name"],
     version=cfg["version"],
     description=cfg["description"],
