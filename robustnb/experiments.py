@@ -23,37 +23,24 @@ from tqdm.auto import tqdm
 from .core import atomic_write_text, check_choice, check_int
 from .evaluate import EVAL_JSON, headline_text
 from .runs import CONFIG_FILE, METRICS_FILE, RunLock
-from .train import make_config, config_json
+from .train import asset, config_json, make_config
 
 # %% auto #0
-__all__ = ['SCALES', 'METRICS', 'STATES', 'CLUSTERS', 'asset', 'copy_notebook', 'Run', 'Experiment', 'experiments_dir',
-           'list_experiments', 'load_experiment', 'run_state', 'execute_run', 'make_executor', 'Outcome',
-           'run_experiment', 'results', 'reported_for', 'results_table', 'report', 'main']
+__all__ = ['SCALES', 'METRICS', 'STATES', 'CLUSTERS', 'Run', 'Experiment', 'experiments_dir', 'list_experiments',
+           'load_experiment', 'run_state', 'execute_run', 'make_executor', 'Outcome', 'run_experiment', 'results',
+           'reported_for', 'results_table', 'report', 'main']
 
 # %% ../nbs/12_experiments.ipynb #e006
-def asset(name: str, # a shipped file: 'train.ipynb', 'report.ipynb' or 'experiments'
-         ) -> Path:
-    "A file robustnb ships: the installed copy (robustnb/assets), else the checkout's (nbs/ or the top folder)."
-    import robustnb
-    pkg = Path(robustnb.__file__).resolve().parent
-    for p in (pkg / "assets" / name, pkg.parent / "nbs" / name, pkg.parent / name):
-        if p.exists(): return p
-    raise FileNotFoundError(f"{name} is neither in {pkg / 'assets'} (an installed robustnb) nor in a checkout beside it")
-
-def copy_notebook(kind: str, # 'train' or 'report'
-                  dest: Union[str, Path], # where the copy goes (a folder or a file name)
-                 ) -> Path:
-    "Copy the papermill notebook `kind` (the run notebook or the report template) to `dest`; its path."
-    src = asset(f"{check_choice('kind', kind, ('train', 'report'))}.ipynb")
-    dest = Path(dest)
-    if dest.is_dir(): dest = dest / src.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
-    return dest
-
-# %% ../nbs/12_experiments.ipynb #e009
 SCALES = ("cpu", "paper")
-METRICS = ("clean", "headline", "pgd20", "pgd100", "aa", "train_min") # the columns a `reported` entry may give
+METRICS = ("clean", "headline", "train_min") # columns a `reported` entry may give, besides any evaluation attack's name
+_REPORTED_KEYS = ("run", "scale", "source", "paper_only", "note")
+
+def _is_metric(key: str) -> bool:
+    "Is `key` a column a reported entry may give: clean, headline, train_min or an evaluation attack (pgd20, aa, ...)?"
+    if key in METRICS: return True
+    from robustnb.evaluate import get_eval_attack
+    try: get_eval_attack(key); return True
+    except ValueError: return False
 
 @dataclass
 class Run:
@@ -142,12 +129,23 @@ def load_experiment(name: Union[str, Path], # an experiment's name (see list_exp
             exp.runs.append(run)
     if not exp.runs: raise _refuse(path, _line(tree, "scales", scale), f"scale {scale!r} has no runs")
     for i, r in enumerate(spec.get("reported") or []):
-        bad = sorted(set(r) - {"run", "scale", "source", *METRICS})
-        if bad: raise _refuse(path, _line(tree, "reported"), f"reported entry {i}: unknown key {bad[0]!r}: allowed are run, scale, source, {', '.join(METRICS)}")
-        if r.get("scale", "paper") == scale: exp.reported.append(dict(r))
+        line = _line(tree, "reported") + 1 + i
+        bad = sorted(k for k in r if k not in _REPORTED_KEYS and not _is_metric(k))
+        if bad: raise _refuse(path, line, f"reported entry {i}: unknown key {bad[0]!r}: allowed are {', '.join(_REPORTED_KEYS)}, "
+                                          f"{', '.join(METRICS)} and the evaluation attacks (pgd<k>, cw<k>, aa, apgd-ce, ...)")
+        for k in ("run", "source"):
+            if k not in r: raise _refuse(path, line, f"reported entry {i} has no {k!r} (where the number is printed)")
+        for k, v in r.items():
+            if _is_metric(k) and not (isinstance(v, (int, float)) and 0 <= v <= (1e9 if k == "train_min" else 100)):
+                raise _refuse(path, line, f"reported entry {i}: {k} must be a percentage in [0, 100]{' (minutes for train_min)' if k == 'train_min' else ''}, got {v!r}")
+        if r.get("scale", "paper") != scale: continue
+        if not r.get("paper_only") and r["run"] not in {x.base for x in exp.runs}:
+            raise _refuse(path, line, f"reported entry {i}: run {r['run']!r} is not a run of scale {scale!r} "
+                                      f"(runs: {', '.join(dict.fromkeys(x.base for x in exp.runs))}); set paper_only: true for a row only the paper has")
+        exp.reported.append(dict(r))
     return exp
 
-# %% ../nbs/12_experiments.ipynb #e012
+# %% ../nbs/12_experiments.ipynb #e009
 STATES = ("done", "running", "partial", "new")
 
 def run_state(exp: Experiment, run: Run) -> str:
@@ -163,7 +161,7 @@ def run_state(exp: Experiment, run: Run) -> str:
         if same and (metrics.get("headline_source") == EVAL_JSON or want.get("eval_suite") == "none"): return "done"
     return "partial" if (out / "checkpoint.pt").exists() else "new"
 
-# %% ../nbs/12_experiments.ipynb #e014
+# %% ../nbs/12_experiments.ipynb #e011
 def _cli_args(params: Dict[str, Any]) -> List[str]:
     "Parameters as robustnb-train flags."
     out = []
@@ -189,7 +187,7 @@ def execute_run(notebook: str, # the training notebook (see asset)
     papermill.execute_notebook(notebook, output, parameters=params, kernel_name=kernel, progress_bar=False)
     return json.loads((Path(params["out_dir"]) / METRICS_FILE).read_text())
 
-# %% ../nbs/12_experiments.ipynb #e016
+# %% ../nbs/12_experiments.ipynb #e013
 CLUSTERS = ("local", "slurm", "debug")
 
 def make_executor(cluster: str, # local, slurm or debug
@@ -211,7 +209,7 @@ def make_executor(cluster: str, # local, slurm or debug
                          cpus_per_task=max(4, 8 * gpus_per_run), **(slurm or {}))
     return ex
 
-# %% ../nbs/12_experiments.ipynb #e018
+# %% ../nbs/12_experiments.ipynb #e015
 @dataclass
 class Outcome:
     "How one run of an experiment ended in this call."
@@ -237,14 +235,19 @@ def run_experiment(exp: Experiment, # from load_experiment
                    poll_s: float = 2.0, # seconds between looks at the jobs
                    timeout_min: int = 4320, # a job's wall-clock limit
                    slurm: Optional[Dict[str, Any]] = None, # extra Slurm parameters
+                   gpus_per_run: Optional[int] = None, # GPUs per job (None: the spec's; 0 locally when there are none)
                    progress: bool = True, # the overall bar and the per-run lines
                    echo: Callable[[str], None] = print, # where the per-run lines go
                   ) -> List[Outcome]:
     "Run every run of `exp` that is not done, through submitit; report each as it ends; never stop at a failure."
     import torch
     n_gpus = torch.cuda.device_count()
-    jobs = check_int("jobs", jobs if jobs is not None else max(1, n_gpus), lo=1)
-    gpus = exp.gpus_per_run if n_gpus else 0
+    gpus = gpus_per_run if gpus_per_run is not None else (exp.gpus_per_run if n_gpus or cluster == "slurm" else 0)
+    if cluster == "local" and gpus > n_gpus:
+        raise ValueError(f"the runs ask for {gpus} GPU(s) each but this machine has {n_gpus}: use --cluster slurm or --gpus")
+    per_job = max(gpus, 1)
+    jobs = check_int("jobs", jobs if jobs is not None else max(1, n_gpus // per_job), lo=1)
+    if cluster == "local" and gpus: jobs = min(jobs, n_gpus // gpus)  # never two jobs on one GPU
     ex = executor or make_executor(cluster, exp.folder / ".submitit", gpus, timeout_min, slurm)
     notebook = str(asset("train.ipynb"))
     states = {r.name: run_state(exp, r) for r in exp.runs}
@@ -295,7 +298,7 @@ def run_experiment(exp: Experiment, # from load_experiment
     bar.close()
     return sorted(outcomes, key=lambda o: [r.name for r in exp.runs].index(o.run))
 
-# %% ../nbs/12_experiments.ipynb #e020
+# %% ../nbs/12_experiments.ipynb #e017
 def results(exp: Experiment) -> List[Dict[str, Any]]:
     "One record per run that has finished: its numbers (fractions), its cost, and the spec's run and seed."
     rows = []
@@ -329,13 +332,18 @@ def results_table(exp: Experiment) -> str:
     for r in rows:
         rep = reported_for(exp, r["base"])
         vs = lambda ours, key: (f" ({100 * ours - rep[key]:+.1f})" if ours is not None and key in rep else "")
-        paper = ", ".join(f"{k} {rep[k]:g}" for k in METRICS if k in rep) + (f" [{rep['source']}]" if rep.get("source") else "")
+        paper = ", ".join(f"{k} {v:g}" for k, v in rep.items() if _is_metric(k)) + (f" [{rep['source']}]" if rep.get("source") else "")
+        paper += f" ({rep['note']})" if rep.get("note") else ""
         cells = [f"[{r['run']}]({Path(r['notebook']).name})", pct(r["clean"]) + vs(r["clean"], "clean")]
-        cells += [pct(r["attacks"].get(a)) + (vs(r["attacks"].get(a), a) if a in ("pgd20", "pgd100", "aa") else "") for a in attacks]
+        cells += [pct(r["attacks"].get(a)) + vs(r["attacks"].get(a), a) for a in attacks]
         cells += [f"**{pct(r['headline'])}**{vs(r['headline'], 'headline')}", "–" if r["train_s"] is None else f"{r['train_s'] / 60:.2f}",
                   f"{r['grad_evals']} / {r['passes']:.2f}" if r["passes"] is not None else str(r["grad_evals"]),
                   paper or "–", ", ".join(r["flags"]) or "none"]
         lines.append("| " + " | ".join(cells) + " |")
+    for rep in exp.reported:  # rows only the paper has
+        if not rep.get("paper_only"): continue
+        paper = ", ".join(f"{k} {v:g}" for k, v in rep.items() if _is_metric(k)) + f" [{rep['source']}]"
+        lines.append("| " + " | ".join([f"{rep['run']} (paper only)"] + ["–"] * (len(head) - 3) + [paper, "–"]) + " |")
     return "\n".join(lines) + ("\n\nAccuracies in %; (±) ours minus the paper's; the headline is the per-example worst case "
                               "over each run's suite; passes per sample: declared / counted.\n")
 
@@ -351,7 +359,7 @@ def report(exp: Experiment, # the experiment
                                cwd=str(exp.folder))
     return out
 
-# %% ../nbs/12_experiments.ipynb #e022
+# %% ../nbs/12_experiments.ipynb #e019
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `robustnb-experiment`: list, run, status, report (exit 2 with one line for a bad spec or argument)."
     p = argparse.ArgumentParser(prog="robustnb-experiment", description="Paper experiments as papermill runs on submitit.")
@@ -365,6 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cmd == "run":
             s.add_argument("--cluster", default="local", choices=CLUSTERS)
             s.add_argument("--jobs", type=int, default=None, help="runs at once on the local engine (default: the GPUs, or 1)")
+            s.add_argument("--gpus", type=int, default=None, help="GPUs per run (default: the spec's gpus_per_run; 0 on a machine without GPUs)")
             s.add_argument("--timeout-min", type=int, default=4320)
             s.add_argument("--partition", default=None, help="Slurm partition")
             s.add_argument("--no-report", action="store_true", help="do not make the report notebook at the end")
@@ -380,7 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.cmd == "report":
             print(report(exp)); return 0
         slurm = {"partition": a.partition} if a.partition else None
-        outcomes = run_experiment(exp, a.cluster, a.jobs, timeout_min=a.timeout_min, slurm=slurm)
+        outcomes = run_experiment(exp, a.cluster, a.jobs, timeout_min=a.timeout_min, slurm=slurm, gpus_per_run=a.gpus)
         failed = [o for o in outcomes if o.state == "failed"]
         if not a.no_report and len(failed) < len(outcomes): print(f"report: {report(exp)}")
         print(f"{exp.name} ({exp.scale}): {sum(o.state != 'failed' for o in outcomes)} of {len(outcomes)} runs done"

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import sys
 import time
@@ -41,13 +42,14 @@ from .runs import (CHECKPOINT_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LOCK
 
 # %% auto #0
 __all__ = ['COMPONENT_MODULES', 'METHODS', 'OPTIMIZERS', 'PERTURBATIONS', 'RECIPES', 'KNOBS', 'SCHEDULES', 'CKPT_FORMAT',
-           'TrainConfig', 'register', 'register_module', 'load_plugins', 'SGD', 'NesterovSGD', 'Adam', 'lr_at',
-           'components', 'resolved_knobs', 'build_method', 'param_groups', 'build_optimizer', 'build_perturbation',
-           'validate', 'make_config', 'papermill_parameters', 'config_from_parameters', 'parameters_cell',
-           'write_parameters_cell', 'knob_help', 'DistInfo', 'init_distributed', 'ddp_outer', 'config_json',
-           'config_from_json', 'upgrade_config', 'load_checkpoint', 'upgrade_checkpoint', 'prepare_out_dir',
-           'RunResult', 'summary_line', 'TrainingDiverged', 'TrainState', 'setup', 'train_epoch', 'validate_epoch',
-           'save_checkpoint', 'finish', 'fit', 'evaluate_after_fit', 'build_parser', 'main']
+           'ASSETS', 'TrainConfig', 'register', 'register_module', 'load_plugins', 'SGD', 'NesterovSGD', 'Adam',
+           'lr_at', 'components', 'resolved_knobs', 'build_method', 'param_groups', 'build_optimizer',
+           'build_perturbation', 'validate', 'make_config', 'papermill_parameters', 'config_from_parameters',
+           'parameters_cell', 'write_parameters_cell', 'knob_help', 'DistInfo', 'init_distributed', 'ddp_outer',
+           'config_json', 'config_from_json', 'upgrade_config', 'load_checkpoint', 'upgrade_checkpoint',
+           'prepare_out_dir', 'RunResult', 'summary_line', 'TrainingDiverged', 'TrainState', 'setup', 'train_epoch',
+           'validate_epoch', 'save_checkpoint', 'finish', 'fit', 'evaluate_after_fit', 'asset', 'copy_notebook',
+           'build_parser', 'main']
 
 # %% ../nbs/11_train.ipynb #c005
 @dataclass
@@ -844,6 +846,33 @@ def evaluate_after_fit(run: RunResult, # what fit returned
     run.metrics.update(headline=res.headline, headline_source=EVAL_JSON)  # as evaluate_run wrote into metrics.json
     return res
 
+# %% ../nbs/11_train.ipynb #c1fc
+ASSETS = ("train.ipynb", "report.ipynb", "experiments") # the files setup.py copies into robustnb/assets
+
+def asset(name: str, # a shipped file: one of ASSETS
+         ) -> Path:
+    "A file robustnb ships: the installed copy (robustnb/assets/NAME), else the checkout's (nbs/NAME or ./NAME)."
+    import robustnb
+    check_choice("name", name, ASSETS)
+    pkg = Path(robustnb.__file__).resolve().parent
+    for p in (pkg / "assets" / name, pkg.parent / "nbs" / name, pkg.parent / name):
+        if p.exists(): return p
+    raise FileNotFoundError(f"{name} is neither in {pkg / 'assets'} (an installed robustnb) nor in a checkout beside it; "
+                            "reinstall robustnb from a wheel or from a full checkout")
+
+def copy_notebook(dest: Union[str, Path], # where the copy goes: a folder, or a file name ending in .ipynb
+                  kind: str = "train", # 'train' (the run notebook) or 'report' (the experiment report template)
+                 ) -> Path:
+    "Copy a shipped papermill notebook to `dest`; the copy's path. An existing file is not overwritten."
+    src = asset(f"{check_choice('kind', kind, ('train', 'report'))}.ipynb")
+    dest = Path(dest)
+    if dest.is_dir(): dest = dest / src.name
+    elif dest.suffix != ".ipynb": raise ValueError(f"notebook destination {str(dest)!r} must be a folder or end in .ipynb")
+    if dest.exists(): raise ValueError(f"{dest} exists: choose another name or remove it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return dest
+
 # %% ../nbs/11_train.ipynb #c041
 def _field_docs() -> Dict[str, str]:
     "The trailing comments of `TrainConfig`'s fields (docments), used as help texts."
@@ -879,6 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(groups[kind.get(KNOBS[name][0].owner, "method")], name, knob_help(name), _knob_type(name).upper(),
             _knob_type(name) == "bool")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    p.add_argument("--notebook", metavar="PATH", default=None,
+                   help="copy the training notebook (the one papermill runs) to PATH, a folder or a .ipynb name, and exit")
     return p
 
 def _preload_plugins(argv: Optional[Sequence[str]]):
@@ -897,7 +928,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try: _preload_plugins(argv)
     except ValueError as e: print(f"robustnb-train: error: {_error(e)}", file=sys.stderr); return 2
     args = vars(build_parser().parse_args(argv))
-    quiet = args.pop("quiet")
+    quiet, notebook = args.pop("quiet"), args.pop("notebook")
+    if notebook is not None:
+        try: print(copy_notebook(notebook)); return 0
+        except (ValueError, OSError) as e: print(f"robustnb-train: error: {_error(e)}", file=sys.stderr); return 2
     try:
         cfg = make_config(**args)
         run = fit(cfg, progress=not quiet)
