@@ -391,11 +391,12 @@ class Method:
         "Hook called before every epoch (it may switch the method's phase, restoring the model's mode); the default does nothing."
         return None
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> Dict[str, Any]: # plain values and tensors that `load_state_dict` takes back ({}: none)
         "The method's own state for a checkpoint (plain values and tensors); the default has none."
         return {}
 
-    def load_state_dict(self, state: Dict[str, Any]):
+    def load_state_dict(self, state: Dict[str, Any], # what `state_dict` returned, read back from a checkpoint
+                       ) -> None: # nothing: the method's state is set in place (a state it cannot hold raises `ValueError`)
         "Restore what `state_dict` returned."
         if state: raise ValueError(f"{type(self).__name__} keeps no state, got a state with {', '.join(sorted(state))}")
 
@@ -556,7 +557,8 @@ class OptimizerHooks:
         It may switch the optimizer's phase (Entropy-SGD's warm-up) and with it `closure_calls`; it moves no weights."""
         return None
 
-    def set_noise_seed(self, seed: int): # the same on every rank
+    def set_noise_seed(self, seed: int, # the same on every rank
+                      ) -> None: # nothing: the optimizer keeps the generator
         """Draw the optimizer's own noise (Langevin steps) from a generator of `seed`; the default has no noise.
 
         Every process of a distributed run must add the same noise: the trainer calls this on every rank before training.
@@ -582,7 +584,7 @@ class WeightPerturbation:
         return self
 
     @property
-    def grad_evals(self) -> int:
+    def grad_evals(self) -> int: # forward+backward passes per training sample that one `perturb` adds to the step
         "Extra forward+backward passes per sample of one perturbation (its calls of `loss_fn` times `outer_evals`; 0 while inactive)."
         return 0
 
@@ -594,7 +596,7 @@ class WeightPerturbation:
 
     def restore(self, model: nn.Module, # the model that `perturb` moved
                 token: Any, # what `perturb` returned
-               ):
+               ) -> None: # nothing: the weights are back where `perturb` found them, plus any optimizer step since
         "Undo what `perturb` returned `token` for: bit for bit when nothing moved the weights since, else keeping the optimizer's step; the default does nothing."
         return None
 
@@ -603,21 +605,25 @@ class WeightPerturbation:
         "Hook called before every epoch (warm-up); the default does nothing."
         return None
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> Dict[str, Any]: # plain values and tensors that `load_state_dict` takes back ({}: none)
         "The perturbation's own state for a checkpoint (plain values and tensors); the default has none."
         return {}
 
-    def load_state_dict(self, state: Dict[str, Any]):
+    def load_state_dict(self, state: Dict[str, Any], # what `state_dict` returned, read back from a checkpoint
+                       ) -> None: # nothing: the state is set in place (a state it cannot hold raises `ValueError`)
         "Restore what `state_dict` returned."
         if state: raise ValueError(f"{type(self).__name__} keeps no state, got a state with {', '.join(sorted(state))}")
 
 # %% ../nbs/00_core.ipynb #c7aa
-def is_fused(method: Method) -> bool:
+def is_fused(method: Method, # a training method
+            ) -> bool: # True when it has only `loss` (no `inner`/`outer` halves), so no weight perturbation applies
     "Whether `method` overrides `loss` without splitting it into `inner` and `outer`."
     return type(method).outer is Method.outer and type(method).loss is not Method.loss
 
 # %% ../nbs/00_core.ipynb #c9f6
-def checked_output(method: Method, out: Any) -> MethodOutput:
+def checked_output(method: Method, # the method whose `outer` produced `out` (named in the error)
+                   out: Any, # what `outer` returned
+                  ) -> MethodOutput: # `out` itself, once it is a `MethodOutput` with a scalar loss
     "`out` if it is a valid `MethodOutput` of `method`, else the error `Method.__call__` raises."
     if not isinstance(out, MethodOutput):
         raise TypeError(f"{type(method).__name__}.outer must return a MethodOutput, got {type(out).__name__}")
