@@ -30,6 +30,8 @@ def output_target(logits: torch.Tensor, # (N, K) clean logits f(x)
     psi = torch.empty_like(z).uniform_(-1.0, 1.0)  # the global RNG: a checkpoint's RNG state makes resume exact
     return F.softmax(z + gamma * psi, 1)
 
+
+# %% ../nbs/06_backward.ipynb #ca96
 def target_grad(model: nn.Module, # returns logits (used in the caller's mode)
                 x_from: torch.Tensor, # where the gradient is taken
                 target: Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], # (N, K) distributions, or a function of the detached fp32 logits giving them
@@ -43,6 +45,8 @@ def target_grad(model: nn.Module, # returns logits (used in the caller's mode)
         g, = torch.autograd.grad(logits, [xr], grad_outputs=(F.softmax(z, 1) - t).to(logits.dtype))
     return g, z
 
+
+# %% ../nbs/06_backward.ipynb #cd59
 def target_step(model: nn.Module, # returns logits
                 x_from: torch.Tensor, # start of the step
                 x: torch.Tensor, # clean inputs (centre of the ε-ball)
@@ -94,6 +98,8 @@ class BackwardSmoothing(Method):
 
     def outer(self, model, x, y, adv): return trades_output(model, x, y, adv.x_adv, self.beta)
 
+
+# %% ../nbs/06_backward.ipynb #c934
 class BackwardSmoothingAT(Method):
     "Backward Smoothing for AT: the BS start x + ξ*, one cross-entropy ascent step, CE training (arXiv 2010.01278)."
     name, knob_prefix = "bs_at", "bs"
@@ -131,6 +137,8 @@ def default_alpha(threat: ThreatModel, # the threat model
     "The default step size of a k-step method: `single`·ε for one step, 2.5·ε/k (Madry et al.'s rule) for more."
     return single * threat.eps if steps == 1 else 2.5 * threat.eps / steps
 
+
+# %% ../nbs/06_backward.ipynb #c31f
 class FastAT(PGDAT):
     "Fast AT: a uniform start in the ε-ball and k = 1 (FGSM) or more sign steps, CE training (arXiv 2001.03994)."
     name = "fast_at"
@@ -143,6 +151,8 @@ class FastAT(PGDAT):
         super().__init__(threat, steps=steps, alpha=default_alpha(threat, steps, 1.25) if alpha is None else alpha,
                          random_start="uniform", attack_mode=attack_mode)
 
+
+# %% ../nbs/06_backward.ipynb #c3e6
 class FastTRADES(TRADES):
     "Fast TRADES: TRADES with a uniform start and k = 1 or 2 KL ascent steps (arXiv 2010.01278)."
     name = "fast_trades"

@@ -31,17 +31,6 @@ __all__ = ['SCALES', 'METRICS', 'STATES', 'CLUSTERS', 'Run', 'Experiment', 'expe
            'reported_for', 'results_table', 'report', 'main']
 
 # %% ../nbs/12_experiments.ipynb #e006
-SCALES = ("cpu", "paper")
-METRICS = ("clean", "headline", "train_min") # columns a `reported` entry may give, besides any evaluation attack's name
-_REPORTED_KEYS = ("run", "scale", "source", "paper_only", "note")
-
-def _is_metric(key: str) -> bool:
-    "Is `key` a column a reported entry may give: clean, headline, train_min or an evaluation attack (pgd20, aa, ...)?"
-    if key in METRICS: return True
-    from robustnb.evaluate import get_eval_attack
-    try: get_eval_attack(key); return True
-    except ValueError: return False
-
 @dataclass
 class Run:
     "One run of an experiment: its name, its parameters (recipe, fields, knobs) and the spec line it comes from."
@@ -51,6 +40,7 @@ class Run:
     base: str = "" # the run's name in the spec
     seed: Optional[int] = None
 
+# %% ../nbs/12_experiments.ipynb #ca72
 @dataclass
 class Experiment:
     "An experiment at one scale: its runs, where they go, and the papers' numbers."
@@ -70,6 +60,7 @@ class Experiment:
     @property
     def folder(self) -> Path: return self.root / self.name
 
+# %% ../nbs/12_experiments.ipynb #c138
 def experiments_dir() -> Path:
     "The folder of the experiment specs: `experiments/` of the checkout, or the copy an installed robustnb carries."
     return asset("experiments")
@@ -79,6 +70,19 @@ def list_experiments() -> Dict[str, str]:
     import yaml
     return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("title", "") for p in sorted(experiments_dir().glob("*.yaml"))}
 
+# %% ../nbs/12_experiments.ipynb #c34b
+SCALES = ("cpu", "paper")
+METRICS = ("clean", "headline", "train_min") # columns a `reported` entry may give, besides any evaluation attack's name
+_REPORTED_KEYS = ("run", "scale", "source", "paper_only", "note")
+
+def _is_metric(key: str) -> bool:
+    "Is `key` a column a reported entry may give: clean, headline, train_min or an evaluation attack (pgd20, aa, ...)?"
+    if key in METRICS: return True
+    from robustnb.evaluate import get_eval_attack
+    try: get_eval_attack(key); return True
+    except ValueError: return False
+
+# %% ../nbs/12_experiments.ipynb #ca2a
 def _line(tree, *keys) -> int:
     "The 1-based line of the YAML node at `keys` in the composed document `tree` (the last node found)."
     node = tree
@@ -92,6 +96,7 @@ def _line(tree, *keys) -> int:
 
 def _refuse(path: Path, line: int, what: str) -> ValueError: return ValueError(f"{path}, line {line}: {what}")
 
+# %% ../nbs/12_experiments.ipynb #c183
 def load_experiment(name: Union[str, Path], # an experiment's name (see list_experiments) or the path of a spec
                     scale: str = "cpu", # cpu or paper
                     root: Union[str, Path] = "runs", # runs go to root/NAME/RUN
@@ -220,6 +225,7 @@ class Outcome:
     error: str = "" # for failed runs: the end of the log
     log: str = "" # for failed runs: the log's path
 
+# %% ../nbs/12_experiments.ipynb #c663
 def _tail(path: Optional[Path], n: int = 15) -> str:
     try: return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
     except (OSError, TypeError): return ""
@@ -318,10 +324,12 @@ def results(exp: Experiment) -> List[Dict[str, Any]]:
                          flags=ev.get("flags", []), notebook=str(exp.notebook(run))))
     return rows
 
+# %% ../nbs/12_experiments.ipynb #c86a
 def reported_for(exp: Experiment, base: str) -> Dict[str, Any]:
     "The paper's numbers for run `base` of this scale (percent), with their source."
     return next((r for r in exp.reported if r.get("run") == base), {})
 
+# %% ../nbs/12_experiments.ipynb #c1af
 def results_table(exp: Experiment) -> str:
     "The markdown table of every finished run beside the paper's numbers (ours − paper in brackets)."
     rows = results(exp)
@@ -347,6 +355,7 @@ def results_table(exp: Experiment) -> str:
     return "\n".join(lines) + ("\n\nAccuracies in %; (±) ours minus the paper's; the headline is the per-example worst case "
                               "over each run's suite; passes per sample: declared / counted.\n")
 
+# %% ../nbs/12_experiments.ipynb #c8e2
 def report(exp: Experiment, # the experiment
            kernel: str = "python3", # the Jupyter kernel
           ) -> Path:

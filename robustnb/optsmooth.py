@@ -29,6 +29,7 @@ def smooth_abs(x, # points (array or tensor)
     ax = lib.abs(x)
     return lib.where(ax <= u, (x * x + u * u) / (2 * u), ax)
 
+# %% ../nbs/05_optsmooth.ipynb #c0a4
 def smooth_abs_grad(x, # points (array or tensor)
                     u: float, # smoothing radius > 0
                    ):
@@ -50,6 +51,7 @@ def box_smooth(values: np.ndarray, # samples of f on a regular grid (1-D or 2-D)
         v = np.apply_along_axis(lambda r: np.convolve(r, w, mode="valid"), axis, v)
     return v
 
+# %% ../nbs/05_optsmooth.ipynb #c0aa
 def grad_lipschitz(values: np.ndarray, # samples of f on a regular grid (1-D or 2-D)
                    h: float, # grid spacing
                   ) -> float:
@@ -62,6 +64,7 @@ def grad_lipschitz(values: np.ndarray, # samples of f on a regular grid (1-D or 
     g = g[(slice(None),) + (slice(1, -1),) * v.ndim]             # one-sided differences at the edges: dropped
     return float(max(np.sqrt((np.diff(g, axis=1 + a) ** 2).sum(0)).max() for a in range(v.ndim)) / h)
 
+# %% ../nbs/05_optsmooth.ipynb #c0ae
 def smoothed_lipschitz(values: np.ndarray, # samples of f on a regular grid (1-D or 2-D)
                        h: float, # grid spacing
                        radii: Sequence[float], # smoothing radii u (multiples of h; 0: f itself)
@@ -92,6 +95,7 @@ def _loss_at(model: nn.Module, x: torch.Tensor, y: int, coords: np.ndarray, dirs
         out.append(lossf(m(pts), torch.full((len(pts),), int(y), dtype=torch.long)))
     return torch.cat(out).numpy()
 
+# %% ../nbs/05_optsmooth.ipynb #c0b1
 def loss_on_line(model: nn.Module, # returns logits
                  x: torch.Tensor, # one input (with or without a batch dimension of 1)
                  y: int, # its label
@@ -103,6 +107,7 @@ def loss_on_line(model: nn.Module, # returns logits
     "ℓ(x + t·d) for every t in `ts`, in float64 and eval mode."
     return _loss_at(model, x, y, np.asarray(ts)[:, None], [direction], loss, batch_size)
 
+# %% ../nbs/05_optsmooth.ipynb #c0b5
 def loss_on_plane(model: nn.Module, # returns logits
                   x: torch.Tensor, # one input (with or without a batch dimension of 1)
                   y: int, # its label
