@@ -83,6 +83,7 @@ def loss_landscape(model: nn.Module, # the model at its reference weights w
             for b, s in zip(model.buffers(), b0): b.copy_(s)
     return out
 
+# %% ../nbs/10c_analysis.ipynb #c614
 def clean_loss(x: torch.Tensor, # inputs in [0,1]
                y: torch.Tensor, # labels
                batch_size: int = 1024, # evaluation batch
@@ -94,6 +95,7 @@ def clean_loss(x: torch.Tensor, # inputs in [0,1]
                        for i in range(0, len(x), batch_size)) / len(x)
     return fn
 
+# %% ../nbs/10c_analysis.ipynb #c6f3
 def adversarial_loss(x: torch.Tensor, # inputs in [0,1]
                      y: torch.Tensor, # labels
                      attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor], # (model, x, y) -> x_adv, run at the current weights
@@ -124,6 +126,7 @@ def plot_landscape_1d(alphas: Sequence[float], # the coordinates along the direc
     ax.set_xlabel("α"); ax.set_ylabel(ylabel); ax.set_title(title, fontsize=10); ax.legend(fontsize=8)
     return ax
 
+# %% ../nbs/10c_analysis.ipynb #c0cf
 def plot_landscape_2d(alphas: Sequence[float], # coordinates along the first direction (x axis)
                       betas: Sequence[float], # coordinates along the second direction (y axis)
                       Z: np.ndarray, # (len(betas), len(alphas)) from `loss_landscape`
@@ -161,6 +164,7 @@ def input_grad_norms(model: nn.Module, # returns logits
             out.append(g.flatten(1).pow(2).sum(1).cpu())
     return torch.cat(out)
 
+# %% ../nbs/10c_analysis.ipynb #c54b
 def grad_norm_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
                     batch_size: int = 250) -> Dict[str, float]:
     "Mean, std, median, max of ‖∇ₓL‖² over `(x, y)` (Wang & Zhang, arXiv 1811.10716, supplement Table 4)."
@@ -221,6 +225,7 @@ def penultimate_features(model: nn.Module, # the model
     finally: h.remove()
     return torch.cat(feats)
 
+# %% ../nbs/10c_analysis.ipynb #cc1b
 def tsne_two_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, # model, data and labels
                      classes: Tuple[int, int] = (0, 1), # the two classes
                      n_per_class: int = 100, # examples per class
@@ -241,6 +246,7 @@ def tsne_two_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, # model
     emb = TSNE(2, perplexity=min(perplexity, (len(f) - 1) / 3), init="pca", random_state=seed).fit_transform(f)
     return dict(embedding=emb, label=np.concatenate([ys.numpy()] * len(feats)), adversarial=np.concatenate(adv))
 
+# %% ../nbs/10c_analysis.ipynb #cfb1
 def plot_tsne(t: Dict[str, np.ndarray], # the output of tsne_two_classes
               class_names: Optional[Dict[int, str]] = None, path: Union[str, Path, None] = None):
     "Scatter the t-SNE embedding: colour = class, marker = clean (o) / adversarial (x)."
@@ -289,6 +295,7 @@ def decision_regions(models: Dict[str, nn.Module], # name -> trained model
                          knn_agreement=float(knn.score(emb, pred)))
     return out
 
+# %% ../nbs/10c_analysis.ipynb #cc1e
 def plot_decision_regions(regions: Dict[str, dict], # what `decision_regions` returned
                           y: torch.Tensor, # true classes of the clean points
                           num_classes: int = 10, # classes (colours)
@@ -330,6 +337,7 @@ def stability_summary(results: Dict[str, Sequence[float]], # method -> robust ac
                          max=float(v.max()), std=float(v.std(ddof=1)) if v.size > 1 else 0.0)
     return out
 
+# %% ../nbs/10c_analysis.ipynb #cca9
 def plot_stability(results: Dict[str, Sequence[float]], # method -> robust accuracies (fractions), one per seed
                    title: str = "", # figure title
                    ax=None, # a matplotlib axis to draw on (None: a new figure)

@@ -98,7 +98,7 @@ class Smooth:
     def _generator(self, x: torch.Tensor, seed: int) -> torch.Generator:
         g = torch.Generator(device=x.device); g.manual_seed(seed); return g
 
-# %% ../nbs/10b_certify.ipynb #b009
+# %% ../nbs/10b_certify.ipynb #c6a8
 def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, # data (floats or uint8) and labels
                     n0: int = 100, n: int = 10_000, alpha: float = 0.001, seed: int = 0,
                     progress: bool = True) -> Dict[str, torch.Tensor]:
@@ -112,6 +112,7 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, # data (fl
     pred = torch.tensor(preds)
     return dict(pred=pred, radius=torch.tensor(radii), correct=pred == y.cpu())
 
+# %% ../nbs/10b_certify.ipynb #ca83
 def certified_accuracy(radius: torch.Tensor, # certified radii
                        correct: torch.Tensor, # whether the certified class is right
                        radii: Sequence[float], # the radii of the curve
@@ -119,6 +120,7 @@ def certified_accuracy(radius: torch.Tensor, # certified radii
     "Certified accuracy at each radius r: the fraction certified correct with radius ≥ r."
     return np.array([((radius >= r) & correct).sum().item() / len(radius) for r in radii])
 
+# %% ../nbs/10b_certify.ipynb #c53d
 def plot_certified(curves: Dict[str, Tuple[Sequence[float], Sequence[float]]], # label -> (radii, certified accuracy)
                    path: Union[str, Path, None] = None): # where to save the PNG (None: do not save)
     "The certified-accuracy-vs-L2-radius curves."

@@ -23,7 +23,7 @@ from .evaluate import (AttackResult, Check, _as_threat, _check_data, _device_of,
 # %% auto #0
 __all__ = ['CheckConfig', 'masking_checks', 'QuantizeInput', 'ScaleLogits', 'SoftmaxOutput']
 
-# %% ../nbs/10a_masking.ipynb #c028
+# %% ../nbs/10a_masking.ipynb #c535
 @dataclass(frozen=True)
 class CheckConfig:
     "Thresholds of the gradient-masking checks (documented in the notebook `10a_masking`)."
@@ -39,6 +39,14 @@ class CheckConfig:
     gap_tol: float = 0.05 # whitebox_gap: an in-house attack may be this much less effective than the strongest one
     gap_z: float = 3.0 # whitebox_gap: and more than this many standard deviations of the paired difference
 
+# %% ../nbs/10a_masking.ipynb #c379
+def _pct(v: float) -> str: return f"{100 * v:.1f} %"
+
+def _frac(v: torch.Tensor) -> float:
+    "The exact fraction of True in a boolean tensor."
+    return v.sum().item() / max(len(v), 1)
+
+# %% ../nbs/10a_masking.ipynb #ca87
 def _verdicts(model, x, y, threat, steps, loss, restarts, seed, batch_size) -> torch.Tensor:
     "Per-example PGD verdicts on a float batch set."
     run = _pgd_like(PGD, f"pgd{steps}", steps=steps, loss=loss, restarts=restarts)
@@ -46,6 +54,7 @@ def _verdicts(model, x, y, threat, steps, loss, restarts, seed, batch_size) -> t
                           torch.arange(i, min(i + batch_size, len(x)), device=x.device)).correct.cpu()
                       for i in range(0, len(x), batch_size)])
 
+# %% ../nbs/10a_masking.ipynb #c44a
 def _ce_grad_norms(model, x, y, batch_size) -> torch.Tensor:
     out = []
     for i in range(0, len(x), batch_size):
@@ -55,15 +64,10 @@ def _ce_grad_norms(model, x, y, batch_size) -> torch.Tensor:
         out.append(g.flatten(1).norm(dim=1).cpu())
     return torch.cat(out)
 
+# %% ../nbs/10a_masking.ipynb #c78c
 def _box_diameter(threat: ThreatModel, x: torch.Tensor) -> float:
     w = threat.box[1] - threat.box[0]
     return w if threat.norm is Norm.Linf else w * math.sqrt(x[0].numel())
-
-def _pct(v: float) -> str: return f"{100 * v:.1f} %"
-
-def _frac(v: torch.Tensor) -> float:
-    "The exact fraction of True in a boolean tensor."
-    return v.sum().item() / max(len(v), 1)
 
 # %% ../nbs/10a_masking.ipynb #c030
 def _check_mode(was_training: bool) -> Check:
@@ -72,6 +76,7 @@ def _check_mode(was_training: bool) -> Check:
                      "attacks ran in eval mode and the mode was restored; evaluate and deploy in eval mode")
     return Check("mode", False, "the model was in eval mode")
 
+# %% ../nbs/10a_masking.ipynb #c1b8
 def _check_logits(out: torch.Tensor, cfg: CheckConfig) -> Check:
     probs = bool(out.min() > -cfg.prob_tol and out.max() < 1 + cfg.prob_tol and
                  ((out.sum(1) - 1).abs() < cfg.prob_tol).all())
@@ -81,6 +86,7 @@ def _check_logits(out: torch.Tensor, cfg: CheckConfig) -> Check:
                            "logits (CE on probabilities has vanishing gradients)", d)
     return Check("logits", False, f"outputs are logits (range [{d['min']:.3g}, {d['max']:.3g}])", d)
 
+# %% ../nbs/10a_masking.ipynb #ce01
 def _check_randomness(out1: torch.Tensor, out2: torch.Tensor, cfg: CheckConfig) -> Check:
     diff = ((out1 - out2).abs().max() / (out1.abs().max() + 1e-12)).item()
     if diff > cfg.random_tol:
@@ -88,6 +94,7 @@ def _check_randomness(out1: torch.Tensor, out2: torch.Tensor, cfg: CheckConfig) 
                      "randomized model needs EOT attacks (AutoAttack version='rand')", dict(rel_diff=diff))
     return Check("randomness", False, "the model is deterministic in eval mode", dict(rel_diff=diff))
 
+# %% ../nbs/10a_masking.ipynb #cf0c
 def _check_gradients(norms: torch.Tensor, cfg: CheckConfig) -> Check:
     bad = (~torch.isfinite(norms)) | (norms == 0)
     frac, nan = _frac(bad), int((~torch.isfinite(norms)).sum())
@@ -98,8 +105,10 @@ def _check_gradients(norms: torch.Tensor, cfg: CheckConfig) -> Check:
         return Check("gradients", True, msg + f" (threshold {_pct(cfg.zero_grad_frac)}): gradient attacks cannot move", d)
     return Check("gradients", False, msg, d)
 
+# %% ../nbs/10a_masking.ipynb #cb81
 def _tol(cfg: CheckConfig, m: int) -> float: return max(cfg.tol, 2 / m)
 
+# %% ../nbs/10a_masking.ipynb #c022
 def _check_sweep(eps: List[float], accs: List[float], cfg: CheckConfig, m: int) -> Check:
     rises = [(a, b) for a, b in zip(accs, accs[1:]) if b > a + _tol(cfg, m)]
     d = dict(eps=eps, accuracy=accs)
@@ -111,6 +120,7 @@ def _check_sweep(eps: List[float], accs: List[float], cfg: CheckConfig, m: int) 
         return Check("eps_sweep", True, f"accuracy rises with ε ({_pct(rises[0][0])} → {_pct(rises[0][1])}); sweep {curve}", d)
     return Check("eps_sweep", False, f"accuracy falls to {_pct(accs[-1])} as ε grows; sweep {curve}", d)
 
+# %% ../nbs/10a_masking.ipynb #c6b1
 def _check_steps(a20: float, a100: float, ar: float, restarts: int, cfg: CheckConfig, m: int) -> Check:
     d = dict(pgd20=a20, pgd100=a100, pgd20_restarts=ar, restarts=restarts)
     txt = f"PGD-20 {_pct(a20)}, PGD-100 {_pct(a100)}, PGD-20 × {restarts} restarts {_pct(ar)}"
@@ -118,6 +128,7 @@ def _check_steps(a20: float, a100: float, ar: float, restarts: int, cfg: CheckCo
         return Check("steps", True, f"more steps or restarts raise accuracy ({txt}): the gradients are noisy or useless", d)
     return Check("steps", False, f"more steps and restarts do not raise accuracy ({txt})", d)
 
+# %% ../nbs/10a_masking.ipynb #cf53
 def _check_loss(ce: float, cw: float, steps: int, cfg: CheckConfig) -> Check:
     d = dict(ce=ce, cw=cw, steps=steps)
     txt = f"PGD-{steps} on CE {_pct(ce)} vs on the CW margin {_pct(cw)}"
@@ -125,6 +136,7 @@ def _check_loss(ce: float, cw: float, steps: int, cfg: CheckConfig) -> Check:
         return Check("loss", True, f"{txt}: CE gradients vanish (saturated softmax); trust the margin loss", d)
     return Check("loss", False, txt, d)
 
+# %% ../nbs/10a_masking.ipynb #c201
 _MULTISTEP = re.compile(r"(pgd|cw)\d+|mifgsm")
 
 def _check_whitebox_gap(results: Dict[str, AttackResult], cfg: CheckConfig) -> Optional[Check]:
@@ -156,6 +168,7 @@ def _check_whitebox_gap(results: Dict[str, AttackResult], cfg: CheckConfig) -> O
                      "gradient masking", dict(attacks=gaps))
     return Check("whitebox_gap", False, txt + ": the in-house attacks agree with the strongest one", dict(attacks=gaps))
 
+# %% ../nbs/10a_masking.ipynb #c9b0
 def _check_blackbox(name: str, bb: torch.Tensor, white: torch.Tensor, cfg: CheckConfig) -> Check:
     m = len(bb)
     only = _frac(~bb & white)
@@ -237,6 +250,7 @@ class QuantizeInput(nn.Module):
         self.model, self.levels = model, levels
     def forward(self, x): return self.model(torch.round(x * (self.levels - 1)) / (self.levels - 1))
 
+# %% ../nbs/10a_masking.ipynb #c87f
 class ScaleLogits(nn.Module):
     "Multiply `model`'s logits by `scale`: same predictions, saturated softmax for a large scale (a masked model)."
     def __init__(self, model: nn.Module, scale: float = 1e4):
@@ -244,6 +258,7 @@ class ScaleLogits(nn.Module):
         self.model, self.scale = model, scale
     def forward(self, x): return self.model(x) * self.scale
 
+# %% ../nbs/10a_masking.ipynb #c454
 class SoftmaxOutput(nn.Module):
     "Return `model`'s softmax probabilities instead of its logits (a masked model)."
     def __init__(self, model: nn.Module):
