@@ -431,10 +431,19 @@ def _jpegs(folder: Path) -> List[Path]:
     if not files: raise FileNotFoundError(f"{folder}: no .JPEG image in this folder; expected {_TINY_LAYOUT}")
     return files
 
+# %% ../nbs/01_data.ipynb #c609
+def _pil_image():
+    "`PIL.Image`, imported here (only Tiny ImageNet needs Pillow), or an `ImportError` that says how to install it."
+    try: from PIL import Image
+    except ImportError as e:
+        raise ImportError("reading Tiny ImageNet needs Pillow to decode its JPEG images: pip install pillow "
+                          "(matplotlib depends on it, so installing matplotlib also brings it)") from e
+    return Image
+
 # %% ../nbs/01_data.ipynb #c40a
 def _decode_image(path: Path, size: Tuple[int, int] = (64, 64)) -> np.ndarray:
     "One image file as uint8 (3, H, W) RGB: greyscale (and any other mode) converted, the size checked."
-    from PIL import Image  # imported here: Pillow is only needed to read Tiny ImageNet
+    Image = _pil_image()
     try:
         with Image.open(path) as im:
             if im.size != (size[1], size[0]):
