@@ -273,7 +273,7 @@ _FMNIST_INFO = DataInfo("fashion_mnist", (1, 28, 28), 10,
                          "Ankle boot"], (0.2860,), (0.3530,))
 DATASETS.register("fashion_mnist", obj=_Source(_FMNIST_INFO, _read_idx_set(_FMNIST_INFO), _FMNIST_FILES,
                                                _fetch_files(_FMNIST_MIRRORS, _FMNIST_FILES),
-                                               ("FashionMNIST", ({"train": True}, {"train": False}))))
+                                               ("FashionMNIST", ({"train": True}, {"train": False}))));
 
 # %% ../nbs/01_data.ipynb #c455
 def _extract(archive: Path, folder: str, dest: Path) -> List[str]:
@@ -351,7 +351,7 @@ DATASETS.register("cifar100", obj=_Source(
      "test": _File(f"{_C100}/test", "f0ef6b0ae62326f3e7ffdfab6717acfc")},
     _fetch_archive("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
                    _C100),
-    ("CIFAR100", ({"train": True}, {"train": False}))))
+    ("CIFAR100", ({"train": True}, {"train": False}))));
 
 # %% ../nbs/01_data.ipynb #c4ed
 def _read_svhn(files, names=None):
@@ -362,7 +362,7 @@ _SVHN_FILES = {"train": _File("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d83
 DATASETS.register("svhn", obj=_Source(
     DataInfo("svhn", (3, 32, 32), 10, _DIGITS, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     _read_svhn, _SVHN_FILES, _fetch_files(["http://ufldl.stanford.edu/housenumbers/"], _SVHN_FILES),
-    ("SVHN", ({"split": "train"}, {"split": "test"}))))
+    ("SVHN", ({"split": "train"}, {"split": "test"}))));
 
 # %% ../nbs/01_data.ipynb #c0b4
 _TINY = "tiny-imagenet-200"
@@ -549,7 +549,7 @@ DATASETS.register("tinyimagenet", obj=_Source(
     {"wnids": _File(f"{_TINY}/wnids.txt", None), "val_annotations": _File(f"{_TINY}/val/val_annotations.txt", None)},
     layout=_TINY_LAYOUT, unpack=_local_archive(_TINY_ZIP, _TINY_MD5, _TINY),
     fix=(f"put the official archive {_TINY_ZIP} directly under the root (its md5 is checked, then it is extracted), or "
-         f"the folder {_TINY}/ extracted from it; robustnb does not download this set, so download=True cannot help")))
+         f"the folder {_TINY}/ extracted from it; robustnb does not download this set, so download=True cannot help")));
 
 # %% ../nbs/01_data.ipynb #c026
 def _stratified_split(y: np.ndarray, test_frac: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -569,7 +569,7 @@ def _read_digits(files=None, names=None):
     return x[tr], y[tr], x[te], y[te]
 
 DATASETS.register("digits", obj=_Source(DataInfo("digits", (1, 8, 8), 10, _DIGITS, (0.3057,), (0.3760,)),
-                                        _read_digits))
+                                        _read_digits));
 
 # %% ../nbs/01_data.ipynb #c028
 LINEAR2D_W, LINEAR2D_C = (0.6, 0.8), (0.5, 0.5)
@@ -613,7 +613,7 @@ def _toy(make):
 DATASETS.register("linear2d", obj=_Source(DataInfo("linear2d", (2,), 2, ["0", "1"], (0.4948, 0.4950),
                                                    (0.2919, 0.2981)), _toy(make_linear2d)))
 DATASETS.register("nonlinear2d", obj=_Source(DataInfo("nonlinear2d", (2,), 2, ["0", "1"], (0.4908, 0.4970),
-                                                      (0.2227, 0.1279)), _toy(make_moons2d)))
+                                                      (0.2227, 0.1279)), _toy(make_moons2d)));
 
 # %% ../nbs/01_data.ipynb #c032
 def _torchvision_datasets():

@@ -628,7 +628,7 @@ def get_model(name: str, # a name in `MODELS` ('smallcnn', 'wrn-34-10', ...)
     return NormalizedModel(normalize, body, config)
 
 # %% ../nbs/02_models.ipynb #ca24
-MODELS.register("wrn-28-10-madry", obj=wrn_28_10_madry)
+MODELS.register("wrn-28-10-madry", obj=wrn_28_10_madry);
 
 # %% ../nbs/02_models.ipynb #c52a
 def last_linear(model: nn.Module, # a classifier whose last registered nn.Linear produces the logits
