@@ -322,6 +322,7 @@ def _read_cifar_set(label_key: str, train: Sequence[str]):
         return np.concatenate(xs), np.concatenate(ys), xt, yt
     return read
 
+# %% ../nbs/01_data.ipynb #c5b4
 _C10 = "cifar-10-batches-py"
 _C10_FILES = {f"data_batch_{i}": _File(f"{_C10}/data_batch_{i}", s) for i, s in enumerate(
     ["c99cafc152244af753f735de768cd75f", "d4bba439e000b95fd0a9bffe97cbabec", "54ebc095f3ab1f0389bbae665268c751",
@@ -333,8 +334,9 @@ DATASETS.register("cifar10", obj=_Source(
              (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment="crop_flip"),
     _read_cifar_set("labels", [f"data_batch_{i}" for i in range(1, 6)]), _C10_FILES,
     _fetch_archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", _C10),
-    ("CIFAR10", ({"train": True}, {"train": False}))))
+    ("CIFAR10", ({"train": True}, {"train": False}))));
 
+# %% ../nbs/01_data.ipynb #c46a
 _CIFAR100_CLASSES = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
 camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
 elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man
