@@ -33,6 +33,7 @@ def _as_stats(v, what: str) -> Tuple[float, ...]:
     if not vals: raise ValueError(f"{what} must be a finite number or a non-empty sequence of finite numbers, got {v!r}")
     return tuple(check_float(f"every entry of {what} {vals}", a) for a in vals)
 
+# %% ../nbs/02_models.ipynb #c89a
 class Normalize(nn.Module):
     "Standardize inputs per channel, `(x - mean) / std`, with `mean` and `std` held as buffers."
     def __init__(self,
@@ -78,12 +79,14 @@ class NormalizedModel(nn.Sequential):
                                  f"got a batch of shape {tuple(x.shape)}")
         return super().forward(x)
 
+# %% ../nbs/02_models.ipynb #cac5
 def num_params(model: nn.Module, # any module
                trainable_only: bool = False, # count only parameters with `requires_grad`
               ) -> int:
     "Number of scalar parameters of `model` (buffers such as BN statistics and `Normalize`'s are not counted)."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
+# %% ../nbs/02_models.ipynb #cadc
 def has_batchnorm(model: nn.Module) -> bool:
     "Whether `model` contains a batch-norm layer (their running statistics matter for DDP and for attacks in train mode)."
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -97,6 +100,7 @@ def _size(input_size) -> Tuple[int, ...]:
     s = check_int("input_size", input_size, lo=1)
     return (s, s)
 
+# %% ../nbs/02_models.ipynb #c50b
 def _image_size(input_size, model: str) -> Tuple[int, int]:
     "The (H, W) of an image input; `ValueError` for anything else."
     size = _size(input_size)
@@ -104,9 +108,11 @@ def _image_size(input_size, model: str) -> Tuple[int, int]:
         raise ValueError(f"{model} needs image inputs: input_size must be an int or (H, W), got {input_size!r}")
     return size
 
+# %% ../nbs/02_models.ipynb #c635
 def _check_counts(in_channels, num_classes):
     check_int("in_channels", in_channels, lo=1); check_int("num_classes", num_classes, lo=2)
 
+# %% ../nbs/02_models.ipynb #cfc4
 def _conv_out(s: int, k: int, p: int = 0, stride: int = 1) -> int:
     "Output length of a convolution or pooling window along one axis."
     return (s + 2 * p - k) // stride + 1
@@ -114,8 +120,6 @@ def _conv_out(s: int, k: int, p: int = 0, stride: int = 1) -> int:
 # %% ../nbs/02_models.ipynb #c014
 def _in_features(in_channels: int, input_size) -> int:
     return in_channels * math.prod(_size(input_size))
-
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
 
 class LinearModel(nn.Module):
     "A single affine layer on the flattened input (a multinomial logistic-regression model)."
@@ -129,6 +133,9 @@ class LinearModel(nn.Module):
         self.fc = nn.Linear(_in_features(in_channels, input_size), num_classes)
 
     def forward(self, x): return self.fc(x.flatten(1))
+
+# %% ../nbs/02_models.ipynb #c8e0
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
 
 class MLP(nn.Module):
     "A fully-connected network on the flattened input: (Linear, activation) × len(hidden), then a Linear head."
@@ -225,6 +232,7 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
+# %% ../nbs/02_models.ipynb #c9a3
 class Bottleneck(nn.Module):
     "ResNet bottleneck block (arXiv:1512.03385): 1×1, 3×3, 1×1 conv-BN with 4× expansion."
     expansion = 4
@@ -246,6 +254,7 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn2(self.conv2(out)))
         return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
 
+# %% ../nbs/02_models.ipynb #c975
 class ResNet(nn.Module):
     "ResNet (arXiv:1512.03385) with the CIFAR stem: 3×3 stride-1 conv, no max-pool, 4 stages, global average pool."
     def __init__(self,
@@ -277,11 +286,13 @@ class ResNet(nn.Module):
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
+# %% ../nbs/02_models.ipynb #c93a
 class ResNet18(ResNet):
     "ResNet-18 with the CIFAR stem (arXiv:1512.03385): 2+2+2+2 basic blocks, ~11.2M parameters."
     def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size=None):
         super().__init__(BasicBlock, (2, 2, 2, 2), in_channels, num_classes, input_size)
 
+# %% ../nbs/02_models.ipynb #cf50
 class ResNet50(ResNet):
     "ResNet-50 with the CIFAR stem (arXiv:1512.03385): 3+4+6+3 bottleneck blocks, ~23.5M parameters."
     def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size=None):
@@ -306,6 +317,7 @@ class PreActBlock(nn.Module):
         out = self.conv2(F.relu(self.bn2(self.conv1(out))))
         return out + shortcut
 
+# %% ../nbs/02_models.ipynb #c66d
 class PreActResNet18(nn.Module):
     "PreAct ResNet-18 (arXiv:1603.05027) with the CIFAR stem, as in Rice et al. (arXiv:2002.11569); ~11.2M parameters."
     def __init__(self,
@@ -338,6 +350,7 @@ class _PadShortcut(nn.Module):
         x = x[:, :, ::self.stride, ::self.stride]
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
+# %% ../nbs/02_models.ipynb #cdfb
 class _CifarBlock(nn.Module):
     "Basic block of the CIFAR ResNets (arXiv:1512.03385), option-A shortcut."
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
@@ -353,6 +366,7 @@ class _CifarBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
+# %% ../nbs/02_models.ipynb #c163
 class CifarResNet(nn.Module):
     "He et al.'s CIFAR ResNet of depth 6n+2 (arXiv:1512.03385, Sec. 4.2): 16/32/64 channels, option-A shortcuts."
     def __init__(self,
@@ -382,6 +396,7 @@ class CifarResNet(nn.Module):
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
+# %% ../nbs/02_models.ipynb #c215
 class ResNet20(CifarResNet):
     "ResNet-20 (arXiv:1512.03385, Sec. 4.2): 3 stages of 3 basic blocks, 16/32/64 channels, ~0.27M parameters."
     def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size=None):
@@ -410,6 +425,7 @@ class WideBasic(nn.Module):
         out = self.conv2(out)
         return (x if self.equalInOut else self.convShortcut(x)) + out
 
+# %% ../nbs/02_models.ipynb #cc3d
 class _WideStage(nn.Module):
     "`n` wide blocks, the first one changing width and stride (named `layer` to match TRADES checkpoints)."
     def __init__(self, n: int, in_planes: int, out_planes: int, stride: int, dropout: float):
@@ -418,6 +434,7 @@ class _WideStage(nn.Module):
                                                stride if i == 0 else 1, dropout) for i in range(n)])
     def forward(self, x): return self.layer(x)
 
+# %% ../nbs/02_models.ipynb #ca31
 class WideResNet(nn.Module):
     "WRN-depth-widen_factor (arXiv:1605.07146) as used by TRADES (arXiv:1901.08573), without its unused sub-block."
     def __init__(self,
@@ -451,10 +468,12 @@ class WideResNet(nn.Module):
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         return self.fc(F.adaptive_avg_pool2d(self.relu(self.bn1(out)), 1).flatten(1))
 
+# %% ../nbs/02_models.ipynb #c2f8
 def wrn_34_10(in_channels: int = 3, num_classes: int = 10, input_size=None, dropout: float = 0.0) -> WideResNet:
     "WRN-34-10 (arXiv:1605.07146; the CIFAR model of arXiv:1706.06083 and arXiv:1901.08573), ~46.2M parameters."
     return WideResNet(in_channels, num_classes, input_size, depth=34, widen_factor=10, dropout=dropout)
 
+# %% ../nbs/02_models.ipynb #cb73
 def wrn_28_10(in_channels: int = 3, num_classes: int = 10, input_size=None, dropout: float = 0.0) -> WideResNet:
     "WRN-28-10 (arXiv:1605.07146), ~36.5M parameters."
     return WideResNet(in_channels, num_classes, input_size, depth=28, widen_factor=10, dropout=dropout)
@@ -475,6 +494,7 @@ class Conv2dSame(nn.Conv2d):
         if h0 == h1 and w0 == w1: return F.conv2d(x, self.weight, self.bias, self.stride, (h0, w0))
         return F.conv2d(F.pad(x, (w0, w1, h0, h1)), self.weight, self.bias, self.stride)
 
+# %% ../nbs/02_models.ipynb #cb97
 class MadryUnit(nn.Module):
     "A residual unit of Madry et al.'s CIFAR-10 WideResNet: (BN, leaky ReLU, conv) twice; option-A shortcut."
     def __init__(self, in_planes: int, out_planes: int, stride: int,
@@ -501,6 +521,7 @@ class MadryUnit(nn.Module):
             orig = F.pad(F.avg_pool2d(orig, self.stride, self.stride), (0, 0, 0, 0, p, p))
         return out + orig
 
+# %% ../nbs/02_models.ipynb #c7d6
 class MadryWideResNet(nn.Module):
     "Madry et al.'s cifar10_challenge WideResNet (arXiv:1706.06083), the 'WRN-28-10' of Bilateral AT (arXiv:1811.10716)."
     def __init__(self,
@@ -534,6 +555,7 @@ class MadryWideResNet(nn.Module):
         out = F.leaky_relu(self.final_bn(self.units(self.init_conv(x))), self.leak)
         return self.logit(out.mean((2, 3)))
 
+# %% ../nbs/02_models.ipynb #ca49
 def wrn_28_10_madry(in_channels: int = 3, num_classes: int = 10, input_size=None) -> MadryWideResNet:
     "The Madry cifar10_challenge WideResNet as used by Bilateral AT (arXiv:1811.10716), 45.90M parameters."
     return MadryWideResNet(in_channels, num_classes, input_size)
@@ -557,11 +579,13 @@ def _dataset_info(dataset):
         raise ValueError(f"dataset must be a dataset name, a DataInfo or a Dataset, got {type(dataset).__name__}")
     return info
 
+# %% ../nbs/02_models.ipynb #c30e
 def _model_kwargs(ctor) -> list:
     "The model-specific keyword arguments a constructor accepts."
     return [p for p in inspect.signature(ctor).parameters
             if p not in ("self", "in_channels", "num_classes", "input_size")]
 
+# %% ../nbs/02_models.ipynb #c177
 def get_model(name: str, # a name in `MODELS` ('smallcnn', 'wrn-34-10', ...)
               dataset=None, # a dataset name, `DataInfo` or `Dataset`: fills channels, classes, size, mean, std
               in_channels: Optional[int] = None, # image channels (features, for points); overrides the dataset's
@@ -604,7 +628,7 @@ def get_model(name: str, # a name in `MODELS` ('smallcnn', 'wrn-34-10', ...)
     return NormalizedModel(normalize, body, config)
 
 # %% ../nbs/02_models.ipynb #ca24
-MODELS.register("wrn-28-10-madry", obj=wrn_28_10_madry)
+MODELS.register("wrn-28-10-madry", obj=wrn_28_10_madry);
 
 # %% ../nbs/02_models.ipynb #c52a
 def last_linear(model: nn.Module, # a classifier whose last registered nn.Linear produces the logits
