@@ -45,7 +45,7 @@ __all__ = ['COMPONENT_MODULES', 'METHODS', 'OPTIMIZERS', 'PERTURBATIONS', 'RECIP
            'ASSETS', 'TrainConfig', 'register', 'register_module', 'load_plugins', 'SGD', 'NesterovSGD', 'Adam',
            'lr_at', 'components', 'resolved_knobs', 'build_method', 'param_groups', 'build_optimizer',
            'build_perturbation', 'validate', 'make_config', 'papermill_parameters', 'config_from_parameters',
-           'parameters_cell', 'write_parameters_cell', 'knob_help', 'DistInfo', 'init_distributed', 'ddp_outer',
+           'knob_help', 'parameters_cell', 'write_parameters_cell', 'DistInfo', 'init_distributed', 'ddp_outer',
            'config_json', 'config_from_json', 'upgrade_config', 'load_checkpoint', 'upgrade_checkpoint',
            'prepare_out_dir', 'RunResult', 'summary_line', 'TrainingDiverged', 'TrainState', 'setup', 'train_epoch',
            'validate_epoch', 'save_checkpoint', 'finish', 'fit', 'evaluate_after_fit', 'asset', 'copy_notebook',
@@ -99,14 +99,18 @@ class TrainConfig:
     @property
     def threat(self) -> ThreatModel: return ThreatModel(self.norm, self.eps)
 
-# %% ../nbs/11_train.ipynb #c007
+# %% ../nbs/11_train.ipynb #ce75
 COMPONENT_MODULES = ["robustnb.core", "robustnb.trades", "robustnb.backward", "robustnb.esgd", "robustnb.atent",
                      "robustnb.bilateral"] # the notebooks whose methods, optimizers, perturbations and RECIPES the trainer collects
 
 METHODS, OPTIMIZERS, PERTURBATIONS = Registry("method"), Registry("optimizer"), Registry("perturbation")
+
 RECIPES: Dict[str, Dict[str, Any]] = {}
+
 KNOBS: Dict[str, List[Knob]] = {} # public knob name -> its declarations (one per owner)
+
 _RUN_FIELDS = {f.name: f for f in fields(TrainConfig) if f.name != "knobs"}
+
 _BASES = (Method, OptimizerHooks, WeightPerturbation)
 
 def _registry_of(obj) -> Optional[Registry]:
@@ -117,6 +121,7 @@ def _registry_of(obj) -> Optional[Registry]:
     if issubclass(obj, WeightPerturbation): return PERTURBATIONS
     return None
 
+# %% ../nbs/11_train.ipynb #cf39
 def register(cls: type) -> type:
     "Register a method, optimizer or weight-perturbation class under its `name`, with its knobs; returns the class."
     reg = _registry_of(cls)
@@ -134,6 +139,7 @@ def register(cls: type) -> type:
         if all(o.owner != k.owner for o in decl): decl.append(k)
     return cls
 
+# %% ../nbs/11_train.ipynb #c9b5
 def register_module(module) -> List[str]:
     "Register every named component class defined in `module` (a module or its name), and its RECIPES; their names."
     if isinstance(module, str): module = importlib.import_module(module)
@@ -144,6 +150,7 @@ def register_module(module) -> List[str]:
         RECIPES[name] = r
     return names
 
+# %% ../nbs/11_train.ipynb #c2e6
 def load_plugins(plugins: str) -> List[str]:
     "Import and register the comma-separated modules of `plugins`; the component names they add."
     out = []
@@ -153,6 +160,7 @@ def load_plugins(plugins: str) -> List[str]:
         except ImportError as e: raise ValueError(f"plugins: cannot import {name!r} ({e})") from None
     return out
 
+# %% ../nbs/11_train.ipynb #ce7e
 class SGD(OptimizerHooks, torch.optim.SGD):
     "Stochastic gradient descent with momentum and L2 weight decay (`torch.optim.SGD`)."
     name, knob_prefix = "sgd", "sgd"
@@ -166,6 +174,7 @@ class SGD(OptimizerHooks, torch.optim.SGD):
                          weight_decay=check_float("weight_decay", weight_decay, lo=0),
                          nesterov=check_choice("nesterov", nesterov, (True, False)))
 
+# %% ../nbs/11_train.ipynb #c205
 class NesterovSGD(SGD):
     "SGD with Nesterov momentum."
     name = "nesterov"
@@ -174,6 +183,7 @@ class NesterovSGD(SGD):
                 ):
         super().__init__(params, lr, momentum, weight_decay, nesterov)
 
+# %% ../nbs/11_train.ipynb #c616
 class Adam(OptimizerHooks, torch.optim.Adam):
     "Adam (Kingma & Ba, arXiv 1412.6980) with L2 weight decay (`torch.optim.Adam`)."
     name, knob_prefix = "adam", "adam"
@@ -182,15 +192,22 @@ class Adam(OptimizerHooks, torch.optim.Adam):
                 ):
         super().__init__(params, lr=check_float("lr", lr, lo=0), weight_decay=check_float("weight_decay", weight_decay, lo=0))
 
+# %% ../nbs/11_train.ipynb #ced8
 for _mod in COMPONENT_MODULES: register_module(_mod)
+
 for _cls in (SGD, NesterovSGD, Adam): register(_cls)
 
 # %% ../nbs/11_train.ipynb #c008
 SCHEDULES = Registry("schedule")
+
 SCHEDULES.register("constant", obj=lambda c, t: 1.0)
+
 SCHEDULES.register("piecewise", obj=lambda c, t: c.lr_decay ** sum(t >= m * c.epochs for m in c.milestones))
+
 SCHEDULES.register("epochs", obj=lambda c, t: c.lr_decay ** sum(t >= m for m in c.milestones))
+
 SCHEDULES.register("cyclic", obj=lambda c, t: float(np.interp(t, [0, c.cyclic_peak * c.epochs, c.epochs], [0, 1, 0])))
+
 SCHEDULES.register("cosine", obj=lambda c, t: 0.5 * (1 + math.cos(math.pi * min(t, c.epochs) / c.epochs)))
 
 def lr_at(cfg: TrainConfig, # the run's configuration
@@ -199,17 +216,14 @@ def lr_at(cfg: TrainConfig, # the run's configuration
     "The learning rate after `t` epochs of training."
     return cfg.lr * SCHEDULES.get(cfg.schedule)(cfg, t)
 
-# %% ../nbs/11_train.ipynb #c012
+# %% ../nbs/11_train.ipynb #c2b8
 def components(cfg: TrainConfig) -> Dict[str, type]:
     "The classes of the run's method, optimizer and (when there is one) weight perturbation."
     out = dict(method=METHODS.get(cfg.method), optimizer=OPTIMIZERS.get(cfg.optimizer))
     if cfg.perturbation != "none": out["perturbation"] = PERTURBATIONS.get(cfg.perturbation)
     return out
 
-def _arguments(cls: type, cfg: TrainConfig) -> Dict[str, Any]:
-    "The constructor arguments of `cls` given explicitly in `cfg.knobs`."
-    return {k.arg: cfg.knobs[k.name] for k in knobs_of(cls) if k.name in cfg.knobs}
-
+# %% ../nbs/11_train.ipynb #cd04
 def resolved_knobs(cfg: TrainConfig) -> Dict[str, Any]:
     "Every knob of the run's components with its value: explicit, else the owner's default."
     out: Dict[str, Any] = {}
@@ -217,11 +231,17 @@ def resolved_knobs(cfg: TrainConfig) -> Dict[str, Any]:
         for k in knobs_of(cls): out.setdefault(k.name, cfg.knobs.get(k.name, k.default))
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
+# %% ../nbs/11_train.ipynb #ca16
+def _arguments(cls: type, cfg: TrainConfig) -> Dict[str, Any]:
+    "The constructor arguments of `cls` given explicitly in `cfg.knobs`."
+    return {k.arg: cfg.knobs[k.name] for k in knobs_of(cls) if k.name in cfg.knobs}
+
 def build_method(cfg: TrainConfig) -> Method:
     "The run's `Method`, built from its knobs."
     cls = METHODS.get(cfg.method)
     return cls(cfg.threat, **_arguments(cls, cfg))
 
+# %% ../nbs/11_train.ipynb #c0f3
 def param_groups(params: Sequence[nn.Parameter], # the trainable parameters
                  no_decay_bn_bias: bool, # True: no weight decay on 1-D parameters (batch-norm weights and biases)
                 ) -> Union[List[nn.Parameter], List[Dict[str, Any]]]:
@@ -231,6 +251,7 @@ def param_groups(params: Sequence[nn.Parameter], # the trainable parameters
     return [dict(params=[p for p in params if p.dim() > 1]),
             dict(params=[p for p in params if p.dim() <= 1], weight_decay=0.0)]
 
+# %% ../nbs/11_train.ipynb #ccd0
 def build_optimizer(cfg: TrainConfig, # the run's config
                     params: Sequence[nn.Parameter], # the model's parameters
                    ) -> torch.optim.Optimizer:
@@ -238,19 +259,14 @@ def build_optimizer(cfg: TrainConfig, # the run's config
     cls = OPTIMIZERS.get(cfg.optimizer)
     return cls(param_groups(params, cfg.no_decay_bn_bias), lr=cfg.lr, **_arguments(cls, cfg))
 
+# %% ../nbs/11_train.ipynb #cc5e
 def build_perturbation(cfg: TrainConfig, method: Method) -> Optional[WeightPerturbation]:
     "The run's weight perturbation (None for 'none'), told the cost of the method's outer loss."
     if cfg.perturbation == "none": return None
     cls = PERTURBATIONS.get(cfg.perturbation)
     return cls(**_arguments(cls, cfg)).bind(method)
 
-# %% ../nbs/11_train.ipynb #c014
-def _coerce(name: str, value: Any) -> Any:
-    "A run-level field given as text or list (CLI, papermill) converted to its annotated type."
-    if name not in _RUN_FIELDS: raise ValueError(f"unknown run-level field {name!r}")
-    return parse_value(name, _RUN_FIELDS[name].type, value)
-
-# %% ../nbs/11_train.ipynb #c016
+# %% ../nbs/11_train.ipynb #c6d5
 _FLOATS = ("lr", "lr_decay", "cyclic_peak", "eps")
 
 def _closure_calls_vary(cls: type) -> bool:
@@ -311,6 +327,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         build_perturbation(cfg, method)
     return cfg
 
+# %% ../nbs/11_train.ipynb #c014
+def _coerce(name: str, value: Any) -> Any:
+    "A run-level field given as text or list (CLI, papermill) converted to its annotated type."
+    if name not in _RUN_FIELDS: raise ValueError(f"unknown run-level field {name!r}")
+    return parse_value(name, _RUN_FIELDS[name].type, value)
+
 def make_config(recipe: Optional[str] = None, # name of a recipe in RECIPES, or None
                 **params, # run-level fields and knobs given explicitly; they win over the recipe
                ) -> TrainConfig:
@@ -336,7 +358,7 @@ def make_config(recipe: Optional[str] = None, # name of a recipe in RECIPES, or 
     cfg.knobs = {k: v for k, v in knobs.items() if k in used or k in params}  # a recipe's knobs for other components drop out
     return validate(cfg)
 
-# %% ../nbs/11_train.ipynb #c018
+# %% ../nbs/11_train.ipynb #c8a2
 def papermill_parameters() -> Optional[List[str]]:
     "The names papermill's injected `# Parameters` cell assigned in this kernel, or None outside papermill."
     try: from IPython import get_ipython
@@ -348,6 +370,7 @@ def papermill_parameters() -> Optional[List[str]]:
                     for t in node.targets if isinstance(t, ast.Name)]
     return None
 
+# %% ../nbs/11_train.ipynb #c9f5
 def config_from_parameters(params: Dict[str, Any], # a namespace holding the parameters (e.g. the notebook's globals())
                            explicit: Optional[Sequence[str]] = None, # the names given explicitly (None: papermill's, else those differing from the defaults)
                           ) -> TrainConfig:
@@ -359,6 +382,20 @@ def config_from_parameters(params: Dict[str, Any], # a namespace holding the par
         explicit += [k for k in KNOBS if params.get(k) is not None]
     return make_config(recipe=params.get("recipe"), **{k: params[k] for k in explicit if k != "recipe"})
 
+# %% ../nbs/11_train.ipynb #cd1f
+def _knob_type(name: str) -> str:
+    a = KNOBS[name][0].annotation.replace(" ", "")
+    a = a[len("Optional["):-1] if a.startswith("Optional[") else a
+    return {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(a, "str")
+
+def knob_help(name: str) -> str:
+    "The help text of a knob: what it is, and each owner's default (None in the namespace means: the owner's default)."
+    decl = KNOBS[name]
+    doc = SHARED_KNOBS.get(name) or decl[0].doc
+    defaults = ", ".join(f"{k.owner} {k.default!r}" for k in decl)
+    return f"{doc} [knob of {defaults}]".replace("=", ":")  # papermill's parser splits comments on '='
+
+# %% ../nbs/11_train.ipynb #c44e
 def parameters_cell() -> str:
     "The source of `nbs/train.ipynb`'s parameters cell: every run-level field, then every knob of every registered component."
     from fastcore.docments import docments
@@ -372,6 +409,7 @@ def parameters_cell() -> str:
         lines.append(f"{name}: {_knob_type(name)} = None  # {knob_help(name)}")
     return "\n".join(lines)
 
+# %% ../nbs/11_train.ipynb #c1ea
 def write_parameters_cell(path: Union[str, Path] = "nbs/train.ipynb"): # the papermill run notebook
     "Rewrite the parameters cell of the papermill notebook from `parameters_cell()` (after adding a component)."
     p = Path(path)
@@ -380,20 +418,7 @@ def write_parameters_cell(path: Union[str, Path] = "nbs/train.ipynb"): # the pap
     cell["source"] = parameters_cell().splitlines(True)
     atomic_write_text(p, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
-def _knob_type(name: str) -> str:
-    a = KNOBS[name][0].annotation.replace(" ", "")
-    a = a[len("Optional["):-1] if a.startswith("Optional[") else a
-    return {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(a, "str")
-
-def knob_help(name: str) -> str:
-    "The help text of a knob: what it is, and each owner's default (None in the namespace means: the owner's default)."
-    decl = KNOBS[name]
-    doc = SHARED_KNOBS.get(name) or decl[0].doc
-    defaults = ", ".join(f"{k.owner} {k.default!r}" for k in decl)
-    return f"{doc} [knob of {defaults}]".replace("=", ":")  # papermill's parser splits comments on '='
-
-
-# %% ../nbs/11_train.ipynb #c021
+# %% ../nbs/11_train.ipynb #cf94
 @dataclass
 class DistInfo:
     "This process's place in a (possibly single-process) distributed run."
@@ -405,6 +430,7 @@ class DistInfo:
     @property
     def enabled(self) -> bool: return self.world_size > 1
 
+# %% ../nbs/11_train.ipynb #ce51
 def init_distributed(device: torch.device) -> DistInfo:
     "Join the process group when launched by `torchrun` (WORLD_SIZE > 1); otherwise a single-process `DistInfo`."
     ws = int(os.environ.get("WORLD_SIZE", "1"))
@@ -414,6 +440,7 @@ def init_distributed(device: torch.device) -> DistInfo:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return info
 
+# %% ../nbs/11_train.ipynb #cd6a
 class _DDPOuter(nn.Module):
     "A method's outer loss as one module call, so that DistributedDataParallel sees one forward per backward."
     def __init__(self, model: nn.Module):
@@ -423,6 +450,7 @@ class _DDPOuter(nn.Module):
         out = self.last = method.outer(self.model, x, y, adv)
         return out.loss if out.parts is None else torch.stack([p() for p in out.parts]).sum()
 
+# %% ../nbs/11_train.ipynb #cca2
 def ddp_outer(ddp: nn.Module) -> Callable:
     "The `outer` of `composed_step` that routes the outer loss through a DDP-wrapped `_DDPOuter`."
     def outer(method, x, y, adv):
@@ -430,21 +458,19 @@ def ddp_outer(ddp: nn.Module) -> Callable:
         return dataclasses.replace(ddp.module.last, loss=loss, parts=None)
     return outer
 
-# %% ../nbs/11_train.ipynb #c023
-CKPT_FORMAT = "robustnb-checkpoint-2" # tensors and plain values only (format 1 pickled NumPy and Python objects)
-_NOT_COMPARED = {"resume", "overwrite", "out_dir", "device", "epochs", "eval_every", "test_subset", "root",
-                 "eval_suite", "aa_subset", "download"} # bookkeeping, or fields that only matter after training
-
+# %% ../nbs/11_train.ipynb #c6cf
 def config_json(cfg: TrainConfig) -> Dict[str, Any]:
     "What `config.json` holds: the run-level fields and the value of every knob of the run's components (plain values)."
     d = {k: getattr(cfg, k) for k in _RUN_FIELDS}
     d["milestones"] = list(cfg.milestones)
     return {**d, **resolved_knobs(cfg)}
 
+# %% ../nbs/11_train.ipynb #c6be
 def config_from_json(d: Dict[str, Any], **overrides) -> TrainConfig:
     "The `TrainConfig` a `config.json` (of this version) describes, with `overrides`."
     return make_config(**{**d, **overrides})
 
+# %% ../nbs/11_train.ipynb #c335
 _WAVE1_KNOBS = ("alpha", "steps", "beta", "gamma", "bs_points", "attack_mode", "plus_drop", "plus_pgd_epochs", "momentum",
                 "weight_decay") # the fields of robustnb's first config format that are knobs today
 
@@ -460,9 +486,16 @@ def upgrade_config(old: Dict[str, Any]) -> Dict[str, Any]:
         if old.get(k) is not None and new in names: d[new] = old[k]
     return config_json(make_config(**d))
 
+# %% ../nbs/11_train.ipynb #c6d2
+_NOT_COMPARED = {"resume", "overwrite", "out_dir", "device", "epochs", "eval_every", "test_subset", "root",
+                 "eval_suite", "aa_subset", "download"} # bookkeeping, or fields that only matter after training
+
 def _diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     return [f"{k}: {old.get(k)!r} in the checkpoint, {new[k]!r} now" for k in new
             if k not in _NOT_COMPARED and old.get(k) != new[k]]
+
+# %% ../nbs/11_train.ipynb #c023
+CKPT_FORMAT = "robustnb-checkpoint-2" # tensors and plain values only (format 1 pickled NumPy and Python objects)
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> Dict[str, Any]:
     "Load (without executing code) and check a checkpoint for resuming `cfg`; `ValueError` if it cannot be resumed."
@@ -479,6 +512,30 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> Dict[str, Any]:
         raise ValueError(f"cannot resume: the checkpoint has finished {ck['epoch']} epochs, more than epochs={cfg.epochs}")
     return ck
 
+# %% ../nbs/11_train.ipynb #ca86
+def _rng_state_of(py, npy, tch, cuda=None) -> Dict[str, Any]:
+    "RNG states as tensors and plain values (what `torch.load(weights_only=True)` accepts)."
+    version, state, gauss = py
+    kind, keys, pos, has_gauss, cached = npy
+    st = dict(python_version=int(version), python=torch.tensor(state, dtype=torch.int64), python_gauss=gauss,
+              numpy_kind=str(kind), numpy=torch.from_numpy(np.asarray(keys).astype(np.int64)), numpy_pos=int(pos),
+              numpy_has_gauss=int(has_gauss), numpy_cached=float(cached), torch=tch)
+    if cuda is not None: st["cuda"] = list(cuda)
+    return st
+
+# %% ../nbs/11_train.ipynb #cc5b
+def _rng_state() -> Dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return _rng_state_of(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+def _set_rng_state(st: Dict[str, Any]):
+    random.setstate((st["python_version"], tuple(int(v) for v in st["python"].tolist()), st["python_gauss"]))
+    np.random.set_state((st["numpy_kind"], st["numpy"].numpy().astype(np.uint32), st["numpy_pos"], st["numpy_has_gauss"],
+                         st["numpy_cached"]))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
+
+# %% ../nbs/11_train.ipynb #c2e2
 def upgrade_checkpoint(path: Union[str, Path]) -> Path:
     "Rewrite a checkpoint of format 1 (pickled RNG states, the first config names) in today's safe format; only for files you trust."
     path = Path(path)
@@ -491,10 +548,12 @@ def upgrade_checkpoint(path: Union[str, Path]) -> Path:
     atomic_torch_save(ck, path)
     return path
 
+# %% ../nbs/11_train.ipynb #c7c6
 def _stale_tmp_files(out: Path) -> List[Path]:
     "Temporary files left by atomic writes that a kill interrupted (core.atomic_path's naming)."
     return [p for p in out.glob(".*.tmp") if p.is_file()]
 
+# %% ../nbs/11_train.ipynb #cbe4
 def prepare_out_dir(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
     "Check `out_dir` before training: refuse another run's folder unless resume/overwrite; return a checkpoint to resume."
     out = Path(cfg.out_dir)
@@ -519,27 +578,6 @@ def prepare_out_dir(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
                          "overwrite=True to replace it, or choose another out_dir")
     return None
 
-def _rng_state_of(py, npy, tch, cuda=None) -> Dict[str, Any]:
-    "RNG states as tensors and plain values (what `torch.load(weights_only=True)` accepts)."
-    version, state, gauss = py
-    kind, keys, pos, has_gauss, cached = npy
-    st = dict(python_version=int(version), python=torch.tensor(state, dtype=torch.int64), python_gauss=gauss,
-              numpy_kind=str(kind), numpy=torch.from_numpy(np.asarray(keys).astype(np.int64)), numpy_pos=int(pos),
-              numpy_has_gauss=int(has_gauss), numpy_cached=float(cached), torch=tch)
-    if cuda is not None: st["cuda"] = list(cuda)
-    return st
-
-def _rng_state() -> Dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return _rng_state_of(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
-
-def _set_rng_state(st: Dict[str, Any]):
-    random.setstate((st["python_version"], tuple(int(v) for v in st["python"].tolist()), st["python_gauss"]))
-    np.random.set_state((st["numpy_kind"], st["numpy"].numpy().astype(np.uint32), st["numpy_pos"], st["numpy_has_gauss"],
-                         st["numpy_cached"]))
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
-
 # %% ../nbs/11_train.ipynb #c025
 def _autocast(device: torch.device, amp: str):
     if amp == "off": return torch.autocast(device.type, enabled=False)
@@ -554,19 +592,23 @@ class RunResult:
     history: List[Dict[str, Any]]
     out_dir: Path
 
+# %% ../nbs/11_train.ipynb #c457
 def summary_line(cfg: TrainConfig, m: Dict[str, Any], out: Path) -> str:
     "The last line of a run: clean accuracy and the headline, named."
     return (f"{cfg.method} {cfg.dataset}/{cfg.arch}: clean {100 * m['clean_acc']:.2f} %, {headline_text(m['headline'])} "
             f"(best epoch {m['best_epoch']}, {m['train_time_s']:.1f} s) -> {out}")
 
+# %% ../nbs/11_train.ipynb #c5d9
 class TrainingDiverged(RuntimeError):
     "The training loss or the weights became NaN or infinite."
 
+# %% ../nbs/11_train.ipynb #c9f2
 def _augment(cfg: TrainConfig, info) -> Optional[str]:
     if cfg.augment == "none": return None
     if cfg.augment == "crop_flip": return "crop_flip"
     return "crop_flip" if tuple(info.shape) == (3, 32, 32) else None
 
+# %% ../nbs/11_train.ipynb #c612
 def _plot_curves(history: List[Dict[str, Any]], path: Path, title: str, attack: str):
     from matplotlib.figure import Figure  # no pyplot: the caller's backend and open figures stay untouched
     ep = [h["epoch"] for h in history]
@@ -581,6 +623,7 @@ def _plot_curves(history: List[Dict[str, Any]], path: Path, title: str, attack: 
     fig.suptitle(title, fontsize=10); fig.tight_layout()
     with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
 
+# %% ../nbs/11_train.ipynb #c64a
 @dataclass
 class TrainState:
     "What a run carries from one step of `fit` to the next."
@@ -609,6 +652,15 @@ class TrainState:
 
     @property
     def main(self) -> bool: return self.dinfo.is_main
+
+# %% ../nbs/11_train.ipynb #cf70
+def _initialize_from(model: nn.Module, cfg: TrainConfig):
+    "Load the selected weights of the run `cfg.init_from` (fine-tuning), refusing a run of another model or data set."
+    src, snap = load_run_model(cfg.init_from)
+    if (snap["arch"], snap["dataset"]) != (cfg.arch, cfg.dataset):
+        raise ValueError(f"init_from {cfg.init_from} trained {snap['arch']} on {snap['dataset']}, this run trains "
+                         f"{cfg.arch} on {cfg.dataset}: fine-tuning needs the same model and data set")
+    model.load_state_dict(src.state_dict())
 
 # %% ../nbs/11_train.ipynb #c028
 def setup(cfg: TrainConfig, # a validated config
@@ -680,21 +732,7 @@ def setup(cfg: TrainConfig, # a validated config
         if lock is not None: lock.release()
         raise
 
-def _initialize_from(model: nn.Module, cfg: TrainConfig):
-    "Load the selected weights of the run `cfg.init_from` (fine-tuning), refusing a run of another model or data set."
-    src, snap = load_run_model(cfg.init_from)
-    if (snap["arch"], snap["dataset"]) != (cfg.arch, cfg.dataset):
-        raise ValueError(f"init_from {cfg.init_from} trained {snap['arch']} on {snap['dataset']}, this run trains "
-                         f"{cfg.arch} on {cfg.dataset}: fine-tuning needs the same model and data set")
-    model.load_state_dict(src.state_dict())
-
-def _diverged(st: TrainState, epoch: int, batch: int, what: str) -> TrainingDiverged:
-    last = st.history[-1]["epoch"] if st.history else None
-    kept = f"its last good checkpoint (epoch {last}) is kept in {st.out}" if last else "no epoch had finished, so there is no checkpoint"
-    return TrainingDiverged(f"training diverged: {what} at epoch {epoch + 1}, batch {batch + 1} of {len(st.batches)} "
-                            f"(lr {lr_at(st.cfg, epoch + batch / len(st.batches)):.4g}); the run stopped and {kept}. "
-                            "Lower lr, check weight_decay and the method's knobs, or train with amp off")
-
+# %% ../nbs/11_train.ipynb #c37d
 def _hooks(st: TrainState, epoch: int, x_check: torch.Tensor, y_check: torch.Tensor) -> Dict[str, Any]:
     "Every component's epoch hook; what they return goes into the epoch's record."
     rec = dict(st.method.on_epoch_start(st.model, x_check, y_check, epoch) or {})
@@ -702,6 +740,15 @@ def _hooks(st: TrainState, epoch: int, x_check: torch.Tensor, y_check: torch.Ten
     if st.perturbation is not None: rec.update(st.perturbation.on_epoch_start(epoch) or {})
     return rec
 
+# %% ../nbs/11_train.ipynb #c7a1
+def _diverged(st: TrainState, epoch: int, batch: int, what: str) -> TrainingDiverged:
+    last = st.history[-1]["epoch"] if st.history else None
+    kept = f"its last good checkpoint (epoch {last}) is kept in {st.out}" if last else "no epoch had finished, so there is no checkpoint"
+    return TrainingDiverged(f"training diverged: {what} at epoch {epoch + 1}, batch {batch + 1} of {len(st.batches)} "
+                            f"(lr {lr_at(st.cfg, epoch + batch / len(st.batches)):.4g}); the run stopped and {kept}. "
+                            "Lower lr, check weight_decay and the method's knobs, or train with amp off")
+
+# %% ../nbs/11_train.ipynb #cd77
 def train_epoch(st: TrainState, # the run
                 epoch: int, # the epoch to train (0-based)
                ) -> Dict[str, Any]:
@@ -762,6 +809,7 @@ def train_epoch(st: TrainState, # the run
                 passes_per_sample=None if passes is None else passes.backward / local_n, steps=steps,
                 closure_calls=calls, planned_epochs=cfg.epochs, **{k: v.item() / n for k, v in extra.items()}, **hook)
 
+# %% ../nbs/11_train.ipynb #c233
 def validate_epoch(st: TrainState, rec: Dict[str, Any]):
     "Step 3 of `fit`: held-out clean and `val_attack` accuracy, the input-Hessian log, and the best model so far."
     cfg, epoch = st.cfg, rec["epoch"]
@@ -777,6 +825,7 @@ def validate_epoch(st: TrainState, rec: Dict[str, Any]):
         st.best = dict(epoch=epoch, score=rec["val_robust_acc"],
                        state={k: v.detach().cpu().clone() for k, v in st.model.state_dict().items()})
 
+# %% ../nbs/11_train.ipynb #cf56
 def save_checkpoint(st: TrainState, rec: Dict[str, Any]):
     "Step 4 of `fit`: the epoch's history line and everything needed to resume, atomically."
     st.history.append(rec)
@@ -788,6 +837,7 @@ def save_checkpoint(st: TrainState, rec: Dict[str, Any]):
                            resumes=st.resumes), st.out / CHECKPOINT_FILE)
     atomic_write_text(st.out / HISTORY_FILE, "".join(json.dumps(h) + "\n" for h in st.history))
 
+# %% ../nbs/11_train.ipynb #c686
 def finish(st: TrainState) -> RunResult:
     "Step 5 of `fit`: the selected model on the test set, `model.pt`, `metrics.json` and `curves.png`."
     cfg = st.cfg
@@ -811,6 +861,7 @@ def finish(st: TrainState) -> RunResult:
                      f"({cfg.norm})", get_eval_attack(cfg.val_attack).title)
     return RunResult(st.model, metrics, st.history, st.out)
 
+# %% ../nbs/11_train.ipynb #c89d
 def fit(cfg: Optional[TrainConfig] = None, # a validated config (see make_config); or give fields as keywords
         progress: bool = True, # show tqdm progress bars
         on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None, # called with each epoch's record, after its checkpoint
@@ -860,6 +911,7 @@ def asset(name: str, # a shipped file: one of ASSETS
     raise FileNotFoundError(f"{name} is neither in {pkg / 'assets'} (an installed robustnb) nor in a checkout beside it; "
                             "reinstall robustnb from a wheel or from a full checkout")
 
+# %% ../nbs/11_train.ipynb #c2f3
 def copy_notebook(dest: Union[str, Path], # where the copy goes: a folder, or a file name ending in .ipynb
                   kind: str = "train", # 'train' (the run notebook) or 'report' (the experiment report template)
                  ) -> Path:
@@ -879,12 +931,14 @@ def _field_docs() -> Dict[str, str]:
     from fastcore.docments import docments
     return {k: (v or "") for k, v in docments(TrainConfig).items() if k in _RUN_FIELDS}
 
+# %% ../nbs/11_train.ipynb #ce69
 class _Parser(argparse.ArgumentParser):
     "argparse with one-line errors (the usage is what --help is for)."
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
+# %% ../nbs/11_train.ipynb #c47d
 def build_parser() -> argparse.ArgumentParser:
     "An argument parser with one flag per run-level field and per knob of every registered component; unset flags stay absent."
     p = _Parser(prog="robustnb-train", description="Adversarially robust training with robustnb.",
@@ -912,6 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the training notebook (the one papermill runs) to PATH, a folder or a .ipynb name, and exit")
     return p
 
+# %% ../nbs/11_train.ipynb #c9fa
 def _preload_plugins(argv: Optional[Sequence[str]]):
     "Register the modules of --plugins before the parser is built, so their knobs become flags."
     pre = argparse.ArgumentParser(add_help=False)
@@ -919,10 +974,12 @@ def _preload_plugins(argv: Optional[Sequence[str]]):
     known, _ = pre.parse_known_args(argv)
     load_plugins(known.plugins)
 
+# %% ../nbs/11_train.ipynb #c0ae
 def _error(e: BaseException) -> str:
     "One line: the message with its line breaks folded."
     return "; ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
 
+# %% ../nbs/11_train.ipynb #c227
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `robustnb-train`: 0 when done, 2 for a user error (one line, no traceback), 1 when training diverged."
     try: _preload_plugins(argv)
