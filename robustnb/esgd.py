@@ -221,25 +221,28 @@ class EntropySGD(OptimizerHooks, torch.optim.Optimizer):
         bad = sorted({k for g in self.param_groups[1:] for k in _STRUCTURAL if g[k] != g0[k]})
         if bad: raise ValueError(f"EntropySGD: all parameter groups must share {', '.join(bad)}")
 
-    @property
-    def current_L(self) -> int:
-        "Langevin steps of the next `step`: L for warmup ≤ epoch < sgd_from, else 0 (momentum SGD)."
-        g = self.param_groups[0]
-        on = g["L"] > 0 and g["epoch"] >= g["warmup"] and (g["sgd_from"] is None or g["epoch"] < g["sgd_from"])
-        return g["L"] if on else 0
 
-    @property
-    def closure_calls(self) -> int:
-        "Closure calls (minibatches) per `step`: L (+1 with `extra_call`) while Entropy-SGD is on, else 1."
-        L = self.current_L
-        return 1 if L == 0 else L + int(self.param_groups[0]["extra_call"])
+# %% ../nbs/07_esgd.ipynb #cde1
+@patch(as_prop=True)
+def current_L(self: EntropySGD) -> int:
+    "Langevin steps of the next `step`: L for warmup ≤ epoch < sgd_from, else 0 (momentum SGD)."
+    g = self.param_groups[0]
+    on = g["L"] > 0 and g["epoch"] >= g["warmup"] and (g["sgd_from"] is None or g["epoch"] < g["sgd_from"])
+    return g["L"] if on else 0
 
-    def on_epoch_start(self, epoch: int, # the epoch about to start (0-based)
-                      ) -> Dict[str, Any]: # numbers for the epoch's history record
-        "Select the phase (momentum SGD before `warmup` and from `sgd_from`, Entropy-SGD in between) for `epoch`."
-        epoch = check_int("epoch", epoch, lo=0)
-        for g in self.param_groups: g["epoch"] = epoch
-        return {"esgd_L": self.current_L}
+@patch(as_prop=True)
+def closure_calls(self: EntropySGD) -> int:
+    "Closure calls (minibatches) per `step`: L (+1 with `extra_call`) while Entropy-SGD is on, else 1."
+    L = self.current_L
+    return 1 if L == 0 else L + int(self.param_groups[0]["extra_call"])
+
+@patch
+def on_epoch_start(self: EntropySGD, epoch: int, # the epoch about to start (0-based)
+                  ) -> Dict[str, Any]: # numbers for the epoch's history record
+    "Select the phase (momentum SGD before `warmup` and from `sgd_from`, Entropy-SGD in between) for `epoch`."
+    epoch = check_int("epoch", epoch, lo=0)
+    for g in self.param_groups: g["epoch"] = epoch
+    return {"esgd_L": self.current_L}
 
 
 # %% ../nbs/07_esgd.ipynb #c9c9
