@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn
 
 from .core import (Adversarial, Method, MethodOutput, Norm, ThreatModel, check_choice, check_float, check_int,
@@ -39,6 +40,8 @@ def buffers_restored(model: nn.Module): # the model whose buffers (batch-norm st
         with torch.no_grad():
             for b, s in zip(model.buffers(), saved): b.copy_(s)
 
+
+# %% ../nbs/08_atent.ipynb #c518
 class ATENT(Method):
     "ATENT: cross-entropy averaged exponentially along a Langevin chain in input space, L2 (Alg. 1) or Linf (Alg. 2) (arXiv 2008.12338)."
     name, knob_prefix = "atent", "atent"
@@ -71,31 +74,37 @@ class ATENT(Method):
         self.kept = [(k, w) for k, w in enumerate(atent_weights(self.steps, self.decay)) if k >= first and w > 0]
         self.grad_evals = self.steps + len(self.kept)
 
-    def inner(self, model, x, y):
-        with set_mode(model, self.attack_mode == "train"):
-            xs = langevin_samples(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, gamma=self.gamma,
-                                  noise_scale=self.noise, project=self.project, direction=self.direction)
-        return Adversarial(xs[[k for k, _ in self.kept]].flatten(0, 1))
-
-    def outer(self, model, x, y, adv):
-        points, weights = adv.x_adv.split(len(x)), [w for _, w in self.kept]
-        if not self.chunked:
-            logits = [model(p) for p in points]
-            losses = [F.cross_entropy(z, y) for z in logits]
-            return MethodOutput(sum(w * l for w, l in zip(weights, losses)), logits=logits[-1], x_adv=points[-1],
-                                stats=dict(loss_last=losses[-1].detach()))
-        term = lambda p, w: w * F.cross_entropy(model(p), y)
-        with torch.no_grad(), buffers_restored(model):  # the value of the loss; the parts recompute it with a graph
-            logits = [model(p) for p in points]
-            losses = [F.cross_entropy(z, y) for z in logits]
-        return MethodOutput(sum(w * l for w, l in zip(weights, losses)), logits=logits[-1], x_adv=points[-1],
-                            stats=dict(loss_last=losses[-1].detach()),
-                            parts=[functools.partial(term, p, w) for p, w in zip(points, weights)])
-
     def __repr__(self):
         return (f"ATENT({self.threat.norm.value}, eps={self.threat.eps:.4g}, steps={self.steps}, alpha={self.alpha:.4g}, "
                 f"gamma={self.gamma:.4g}, noise={self.noise:.4g}, decay={self.decay:.4g}, project={self.project!r}, "
                 f"attack_mode={self.attack_mode!r}, chunked={self.chunked}, terms={self.terms})")
+
+# %% ../nbs/08_atent.ipynb #c3e6
+@patch
+def inner(self: ATENT, model, x, y):
+    with set_mode(model, self.attack_mode == "train"):
+        xs = langevin_samples(model, x, y, self.threat, steps=self.steps, alpha=self.alpha, gamma=self.gamma,
+                              noise_scale=self.noise, project=self.project, direction=self.direction)
+    return Adversarial(xs[[k for k, _ in self.kept]].flatten(0, 1))
+
+
+# %% ../nbs/08_atent.ipynb #c949
+@patch
+def outer(self: ATENT, model, x, y, adv):
+    points, weights = adv.x_adv.split(len(x)), [w for _, w in self.kept]
+    if not self.chunked:
+        logits = [model(p) for p in points]
+        losses = [F.cross_entropy(z, y) for z in logits]
+        return MethodOutput(sum(w * l for w, l in zip(weights, losses)), logits=logits[-1], x_adv=points[-1],
+                            stats=dict(loss_last=losses[-1].detach()))
+    term = lambda p, w: w * F.cross_entropy(model(p), y)
+    with torch.no_grad(), buffers_restored(model):  # the value of the loss; the parts recompute it with a graph
+        logits = [model(p) for p in points]
+        losses = [F.cross_entropy(z, y) for z in logits]
+    return MethodOutput(sum(w * l for w, l in zip(weights, losses)), logits=logits[-1], x_adv=points[-1],
+                        stats=dict(loss_last=losses[-1].detach()),
+                        parts=[functools.partial(term, p, w) for p, w in zip(points, weights)])
+
 
 # %% ../nbs/08_atent.ipynb #a023
 RECIPES = {

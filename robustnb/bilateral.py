@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn
 
 from .core import (Adversarial, Method, MethodOutput, Norm, ThreatModel, batch_view, check_choice, check_float,
@@ -28,6 +29,8 @@ def label_losses(probs: torch.Tensor, # (N, n) clean class probabilities
     "v_k = −log(p_k + 1e-8): the gradient of the cross-entropy with respect to the label y_k, with the official 1e-8."
     return -torch.log(probs + 1e-8)
 
+
+# %% ../nbs/09_bilateral.ipynb #c7f2
 def _label_support(v: torch.Tensor, gt: torch.Tensor, topk: Optional[int]) -> torch.Tensor:
     "The classes that receive label mass: every wrong class, or the `topk` wrong ones with the largest v_k."
     if topk is None: return ~gt
@@ -82,6 +85,8 @@ def mosa_class(logits: torch.Tensor, # (N, n) clean logits
     truncated = torch.where(diff > 1e-4, diff, torch.full_like(diff, 1e4))
     return (truncated / dist).argmin(1)
 
+
+# %% ../nbs/09_bilateral.ipynb #c425
 def attack_target(model: nn.Module, # the classifier (its last nn.Linear is read for 'mosa' and 'mix')
                   logits: torch.Tensor, # (N, n) clean logits, inference mode
                   y: torch.Tensor, # (N,) true classes
@@ -95,6 +100,8 @@ def attack_target(model: nn.Module, # the classifier (its last nn.Linear is read
     mosa = mosa_class(logits, y, last_linear(model).weight)
     return mosa if kind == "mosa" else torch.where(logits.argmax(1) == y, mosa, most_confusing_class(logits, y))
 
+
+# %% ../nbs/09_bilateral.ipynb #c589
 def _unclipped_start(x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
     "x + δ with δ uniform in the ε-ball, not clipped to the box (the official code takes its gradient there)."
     if threat.norm is Norm.Linf: return x + torch.empty_like(x).uniform_(-threat.eps, threat.eps)
@@ -127,6 +134,8 @@ def soft_cross_entropy(logits: torch.Tensor, # (N, n) logits, with a graph
     "Batch mean of −Σ_k y'_k log softmax(z)_k (TensorFlow's softmax_cross_entropy_with_logits, averaged)."
     return -(labels * F.log_softmax(logits.float(), 1)).sum(1).mean()
 
+
+# %% ../nbs/09_bilateral.ipynb #c259
 class BilateralAT(Method):
     "R-MC-LA: one targeted step toward the most confusing class, trained against closed-form adversarial labels (arXiv 1811.10716)."
     name, knob_prefix, own_knobs = "bat", "bat", ("beta",)
@@ -150,19 +159,25 @@ class BilateralAT(Method):
         self.topk = check_int("topk", topk, 0)
         self.grad_evals = self.steps + 1
 
-    def inner(self, model, x, y):
-        with eval_mode(model):
-            with torch.no_grad(): logits = model(x).detach().float()
-            t = attack_target(model, logits, y, self.target)
-            x_adv = bilateral_attack(model, x, t, self.threat, self.alpha, self.steps)
-        soft = adversarial_labels(F.softmax(logits, 1), y, self.beta, self.gamma, self.topk or None, self.labels)
-        return Adversarial(x_adv, aux=dict(labels=soft, target=t, clean_logits=logits))
 
-    def outer(self, model, x, y, adv):
-        labels = adv.aux["labels"]
-        loss = soft_cross_entropy(model(adv.x_adv), labels)
-        eps_y = 1 - labels.gather(1, y[:, None]).mean()
-        return MethodOutput(loss, logits=adv.aux["clean_logits"], x_adv=adv.x_adv, stats=dict(label_eps=eps_y.detach()))
+# %% ../nbs/09_bilateral.ipynb #c3ef
+@patch
+def inner(self: BilateralAT, model, x, y):
+    with eval_mode(model):
+        with torch.no_grad(): logits = model(x).detach().float()
+        t = attack_target(model, logits, y, self.target)
+        x_adv = bilateral_attack(model, x, t, self.threat, self.alpha, self.steps)
+    soft = adversarial_labels(F.softmax(logits, 1), y, self.beta, self.gamma, self.topk or None, self.labels)
+    return Adversarial(x_adv, aux=dict(labels=soft, target=t, clean_logits=logits))
+
+
+# %% ../nbs/09_bilateral.ipynb #ca9b
+@patch
+def outer(self: BilateralAT, model, x, y, adv):
+    labels = adv.aux["labels"]
+    loss = soft_cross_entropy(model(adv.x_adv), labels)
+    eps_y = 1 - labels.gather(1, y[:, None]).mean()
+    return MethodOutput(loss, logits=adv.aux["clean_logits"], x_adv=adv.x_adv, stats=dict(label_eps=eps_y.detach()))
 
 # %% ../nbs/09_bilateral.ipynb #c035
 def _bat_cifar(**kw) -> Dict[str, Any]:

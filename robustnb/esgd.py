@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from scipy.signal import fftconvolve
 from scipy.special import expit
 from torch import nn
@@ -21,7 +22,7 @@ from .core import (Method, OptimizerHooks, WeightPerturbation, backward_output, 
 # %% auto #0
 __all__ = ['SWISH_ARGMIN', 'RECIPES', 'dual_norm', 'linear_adv_example', 'linear_adv_loss', 'linear_adv_grad',
            'linear_smoothness_bounds', 'lipschitz_ratio', 'swish', 'swish_adv_loss', 'local_entropy_grid',
-           'grid_hessian', 'EntropySGD', 'awp_weights', 'AWPToken', 'AWP']
+           'grid_hessian', 'EntropySGD', 'awp_weights', 'AWP', 'AWPToken']
 
 # %% ../nbs/07_esgd.ipynb #c005
 def dual_norm(w: np.ndarray, # weights (..., d)
@@ -33,6 +34,8 @@ def dual_norm(w: np.ndarray, # weights (..., d)
     if norm == "Linf": return np.abs(w).sum(-1)
     raise ValueError(f"norm must be 'L2' or 'Linf', got {norm!r}")
 
+
+# %% ../nbs/07_esgd.ipynb #c242
 def _attack_direction(w: np.ndarray, norm: str) -> np.ndarray:
     "The unit-ε step that lowers w·x most: w/‖w‖₂ (L2) or sign(w) (Linf)."
     w = np.asarray(w, dtype=float)
@@ -60,6 +63,8 @@ def linear_adv_example(w: np.ndarray, # weights (..., d)
     _, Y = _points(x, y)
     return x - eps * Y[:, None] * d[..., None, :]
 
+
+# %% ../nbs/07_esgd.ipynb #c397
 def linear_adv_loss(w: np.ndarray, # weights (..., d)
                     x: np.ndarray, # one point (d,) or points (n, d)
                     y, # labels in {−1, +1}
@@ -71,6 +76,8 @@ def linear_adv_loss(w: np.ndarray, # weights (..., d)
     m = (np.asarray(w, dtype=float) @ X.T) * Y - eps * dual_norm(w, norm)[..., None]
     return np.logaddexp(0.0, -m).mean(-1)
 
+
+# %% ../nbs/07_esgd.ipynb #cb3e
 def linear_adv_grad(w: np.ndarray, # weights (..., d)
                     x: np.ndarray, # one point (d,) or points (n, d)
                     y, # labels in {−1, +1}
@@ -99,6 +106,8 @@ def linear_smoothness_bounds(x: np.ndarray, # one point (d,) or points (n, d)
     L_x = eps / check_float("c", c, lo=0, lo_open=True) if norm == "L2" else 0.0
     return dict(L_x=L_x, L_tt=L_tt, L_tx=L_tx, L_grad=L_tt + L_tx * L_x)
 
+
+# %% ../nbs/07_esgd.ipynb #cfd2
 def lipschitz_ratio(f: Callable[[np.ndarray], np.ndarray], # a vector function of w, on arrays (n, d)
                     w1: np.ndarray, # first points of the pairs (n, d)
                     w2: np.ndarray, # second points of the pairs (n, d)
@@ -112,6 +121,8 @@ SWISH_ARGMIN = -1.2784645427610738 # z* = argmin_z z·σ(z), the root of 1 + z(1
 
 def swish(z): return z * expit(z)
 
+
+# %% ../nbs/07_esgd.ipynb #c98f
 def swish_adv_loss(w: np.ndarray, # weights (..., d)
                    x: np.ndarray, # one point (d,)
                    y: int, # label in {−1, +1}
@@ -148,6 +159,8 @@ def local_entropy_grid(loss: Callable[[np.ndarray], np.ndarray], # L on weights 
         for j in range(i, 2): S[..., i, j] = S[..., j, i] = conv(E * Wb[..., i] * Wb[..., j]) / Z - mu[..., i] * mu[..., j]
     return Wi, F, mu, S
 
+
+# %% ../nbs/07_esgd.ipynb #c513
 def grid_hessian(F: np.ndarray, # values on a regular 2-D grid
                  h: float, # grid spacing
                 ) -> np.ndarray: # (n−2, n−2, 2, 2)
@@ -208,140 +221,154 @@ class EntropySGD(OptimizerHooks, torch.optim.Optimizer):
         bad = sorted({k for g in self.param_groups[1:] for k in _STRUCTURAL if g[k] != g0[k]})
         if bad: raise ValueError(f"EntropySGD: all parameter groups must share {', '.join(bad)}")
 
-    @property
-    def current_L(self) -> int:
-        "Langevin steps of the next `step`: L for warmup ≤ epoch < sgd_from, else 0 (momentum SGD)."
-        g = self.param_groups[0]
-        on = g["L"] > 0 and g["epoch"] >= g["warmup"] and (g["sgd_from"] is None or g["epoch"] < g["sgd_from"])
-        return g["L"] if on else 0
 
-    @property
-    def closure_calls(self) -> int:
-        "Closure calls (minibatches) per `step`: L (+1 with `extra_call`) while Entropy-SGD is on, else 1."
-        L = self.current_L
-        return 1 if L == 0 else L + int(self.param_groups[0]["extra_call"])
+# %% ../nbs/07_esgd.ipynb #cde1
+@patch(as_prop=True)
+def current_L(self: EntropySGD) -> int:
+    "Langevin steps of the next `step`: L for warmup ≤ epoch < sgd_from, else 0 (momentum SGD)."
+    g = self.param_groups[0]
+    on = g["L"] > 0 and g["epoch"] >= g["warmup"] and (g["sgd_from"] is None or g["epoch"] < g["sgd_from"])
+    return g["L"] if on else 0
 
-    def on_epoch_start(self, epoch: int, # the epoch about to start (0-based)
-                      ) -> Dict[str, Any]: # numbers for the epoch's history record
-        "Select the phase (momentum SGD before `warmup` and from `sgd_from`, Entropy-SGD in between) for `epoch`."
-        epoch = check_int("epoch", epoch, lo=0)
-        for g in self.param_groups: g["epoch"] = epoch
-        return {"esgd_L": self.current_L}
+@patch(as_prop=True)
+def closure_calls(self: EntropySGD) -> int:
+    "Closure calls (minibatches) per `step`: L (+1 with `extra_call`) while Entropy-SGD is on, else 1."
+    L = self.current_L
+    return 1 if L == 0 else L + int(self.param_groups[0]["extra_call"])
 
-    def _seed_buffers(self):
-        "Create missing outer momentum buffers: the current raw gradient (reference) or zeros (torch)."
+@patch
+def on_epoch_start(self: EntropySGD, epoch: int, # the epoch about to start (0-based)
+                  ) -> Dict[str, Any]: # numbers for the epoch's history record
+    "Select the phase (momentum SGD before `warmup` and from `sgd_from`, Entropy-SGD in between) for `epoch`."
+    epoch = check_int("epoch", epoch, lo=0)
+    for g in self.param_groups: g["epoch"] = epoch
+    return {"esgd_L": self.current_L}
+
+
+# %% ../nbs/07_esgd.ipynb #c9c9
+@patch
+def _seed_buffers(self: EntropySGD):
+    "Create missing outer momentum buffers: the current raw gradient (reference) or zeros (torch)."
+    for g in self.param_groups:
+        if g["momentum"] == 0: continue
+        for p in g["params"]:
+            if p.grad is not None and "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = (p.grad.detach().clone() if g["buffer_init"] == "grad"
+                                                    else torch.zeros_like(p))
+
+@patch
+def _outer(self: EntropySGD, g: dict, p: torch.Tensor, d: torch.Tensor):
+    "The outer step on direction `d`, as the reference: weight decay, (Nesterov) momentum, w ← w − lr·d."
+    if g["weight_decay"] > 0: d = d.add(p, alpha=g["weight_decay"])
+    if g["momentum"] > 0:
+        buf = self.state[p].get("momentum_buffer")
+        if buf is None: buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        buf.mul_(g["momentum"]).add_(d, alpha=1.0)
+        d = d.add(buf, alpha=g["momentum"]) if g["nesterov"] else buf
+    p.add_(d, alpha=-g["lr"])
+
+
+# %% ../nbs/07_esgd.ipynb #c0fd
+@patch
+def _langevin_update(self: EntropySGD, g: dict, p: torch.Tensor, s: dict, gam: float):
+    "One SGLD step of w' (= p) with the reference's order of terms, and the running moments."
+    mom, lr_in, b1 = g["momentum"], g["inner_lr"], g["ema"]
+    d = p.grad.add(p, alpha=g["weight_decay"]) if g["weight_decay"] > 0 else p.grad.clone()
+    if mom > 0:
+        s["buf"].mul_(mom).add_(d, alpha=1.0)
+        d = d.add_(s["buf"], alpha=mom) if g["nesterov"] else s["buf"].clone()
+    d.add_(s["wc"] - p, alpha=-gam)
+    if g["noise"] > 0:
+        noise = torch.randn_like(p) if self.noise_generator is None else \
+                torch.randn(p.shape, generator=self.noise_generator, device=p.device, dtype=p.dtype)
+        d.add_(noise, alpha=g["noise"] / math.sqrt(0.5 * lr_in))
+    p.add_(d, alpha=-lr_in)
+    s["mu"].mul_(b1).add_(p, alpha=1 - b1)
+    if g["second_order"]:
+        dev = p - s["wc"]
+        s["m1"].mul_(b1).add_(dev, alpha=1 - b1)
+        s["m2"].mul_(b1).addcmul_(dev, dev, value=1 - b1)
+
+
+# %% ../nbs/07_esgd.ipynb #cdfd
+@patch
+@torch.no_grad()
+def step(self: EntropySGD, closure: Callable[[], torch.Tensor], # draws a fresh minibatch, zero-grads, back-propagates, returns the loss
+        ) -> torch.Tensor: # the loss of the first closure call (at the current weights)
+    "One outer step, calling `closure` `closure_calls` times (Chaudhari et al., arXiv 1611.01838, Alg. 1)."
+    if closure is None: raise ValueError("EntropySGD.step needs a closure that draws a minibatch and back-propagates")
+    self._check_groups()
+    call = torch.enable_grad()(closure)
+    L, loss = self.current_L, None
+    if L == 0 or self.param_groups[0]["extra_call"]:
+        loss = call()
+        self._seed_buffers()
+    if L == 0:
         for g in self.param_groups:
-            if g["momentum"] == 0: continue
             for p in g["params"]:
-                if p.grad is not None and "momentum_buffer" not in self.state[p]:
-                    self.state[p]["momentum_buffer"] = (p.grad.detach().clone() if g["buffer_init"] == "grad"
-                                                        else torch.zeros_like(p))
-
-    def _outer(self, g: dict, p: torch.Tensor, d: torch.Tensor):
-        "The outer step on direction `d`, as the reference: weight decay, (Nesterov) momentum, w ← w − lr·d."
-        if g["weight_decay"] > 0: d = d.add(p, alpha=g["weight_decay"])
-        if g["momentum"] > 0:
-            buf = self.state[p].get("momentum_buffer")
-            if buf is None: buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            buf.mul_(g["momentum"]).add_(d, alpha=1.0)
-            d = d.add(buf, alpha=g["momentum"]) if g["nesterov"] else buf
-        p.add_(d, alpha=-g["lr"])
-
-    def _langevin_update(self, g: dict, p: torch.Tensor, s: dict, gam: float):
-        "One SGLD step of w' (= p) with the reference's order of terms, and the running moments."
-        mom, lr_in, b1 = g["momentum"], g["inner_lr"], g["ema"]
-        d = p.grad.add(p, alpha=g["weight_decay"]) if g["weight_decay"] > 0 else p.grad.clone()
-        if mom > 0:
-            s["buf"].mul_(mom).add_(d, alpha=1.0)
-            d = d.add_(s["buf"], alpha=mom) if g["nesterov"] else s["buf"].clone()
-        d.add_(s["wc"] - p, alpha=-gam)
-        if g["noise"] > 0:
-            noise = torch.randn_like(p) if self.noise_generator is None else \
-                    torch.randn(p.shape, generator=self.noise_generator, device=p.device, dtype=p.dtype)
-            d.add_(noise, alpha=g["noise"] / math.sqrt(0.5 * lr_in))
-        p.add_(d, alpha=-lr_in)
-        s["mu"].mul_(b1).add_(p, alpha=1 - b1)
-        if g["second_order"]:
-            dev = p - s["wc"]
-            s["m1"].mul_(b1).add_(dev, alpha=1 - b1)
-            s["m2"].mul_(b1).addcmul_(dev, dev, value=1 - b1)
-
-    def set_noise_seed(self, seed: int): # the same on every rank
-        "Draw the Langevin noise from a generator of `seed`, so that every rank of a distributed run adds the same noise."
-        dev = self.param_groups[0]["params"][0].device
-        self.noise_generator = torch.Generator(device=dev)
-        self.noise_generator.manual_seed(check_int("seed", seed, lo=0))
-
-    def state_dict(self) -> Dict[str, Any]:
-        "torch's optimizer state, plus the state of the noise generator when there is one."
-        sd = super().state_dict()
-        if self.noise_generator is not None: sd["noise_rng"] = self.noise_generator.get_state()
-        return sd
-
-    def load_state_dict(self, state: Dict[str, Any]):
-        state = dict(state)
-        rng = state.pop("noise_rng", None)
-        super().load_state_dict(state)
-        if rng is not None and self.noise_generator is not None: self.noise_generator.set_state(rng)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor], # draws a fresh minibatch, zero-grads, back-propagates, returns the loss
-            ) -> torch.Tensor: # the loss of the first closure call (at the current weights)
-        "One outer step, calling `closure` `closure_calls` times (Chaudhari et al., arXiv 1611.01838, Alg. 1)."
-        if closure is None: raise ValueError("EntropySGD.step needs a closure that draws a minibatch and back-propagates")
-        self._check_groups()
-        call = torch.enable_grad()(closure)
-        L, loss = self.current_L, None
-        if L == 0 or self.param_groups[0]["extra_call"]:
-            loss = call()
-            self._seed_buffers()
-        if L == 0:
-            for g in self.param_groups:
-                for p in g["params"]:
-                    if p.grad is not None: self._outer(g, p, p.grad)
-        else:
-            chain = {}
-            for g in self.param_groups:
-                for p in g["params"]:
-                    s = chain[p] = dict(wc=p.detach().clone(), mu=p.detach().clone(), seen=False)
-                    if g["momentum"] > 0: s["buf"] = torch.zeros_like(p)
-                    if g["second_order"]: s["m1"], s["m2"] = torch.zeros_like(p), torch.zeros_like(p)
-            gammas = [g["gamma"] * (1 + g["scoping"]) ** g["t"] for g in self.param_groups]
-            for _ in range(L):
-                l = call()
-                if loss is None: loss = l; self._seed_buffers()
-                for g, gam in zip(self.param_groups, gammas):
-                    for p in g["params"]:
-                        if p.grad is None: continue
-                        chain[p]["seen"] = True
-                        self._langevin_update(g, p, chain[p], gam)
-            variance = []
+                if p.grad is not None: self._outer(g, p, p.grad)
+    else:
+        chain = {}
+        for g in self.param_groups:
+            for p in g["params"]:
+                s = chain[p] = dict(wc=p.detach().clone(), mu=p.detach().clone(), seen=False)
+                if g["momentum"] > 0: s["buf"] = torch.zeros_like(p)
+                if g["second_order"]: s["m1"], s["m2"] = torch.zeros_like(p), torch.zeros_like(p)
+        gammas = [g["gamma"] * (1 + g["scoping"]) ** g["t"] for g in self.param_groups]
+        for _ in range(L):
+            l = call()
+            if loss is None: loss = l; self._seed_buffers()
             for g, gam in zip(self.param_groups, gammas):
                 for p in g["params"]:
-                    s = chain[p]
-                    p.copy_(s["wc"])
-                    if not s["seen"]: continue
-                    d = p - s["mu"]
-                    if g["second_order"]:
-                        var = (s["m2"] - s["m1"] * s["m1"]).clamp_min(0)
-                        d = d / (1 - gam * var / g["temperature"]).clamp_min(g["min_denom"])
-                        variance.append(var)
-                    self._outer(g, p, d)
-            self.variance = variance or None
-        for g in self.param_groups: g["t"] += 1
-        return loss
+                    if p.grad is None: continue
+                    chain[p]["seen"] = True
+                    self._langevin_update(g, p, chain[p], gam)
+        variance = []
+        for g, gam in zip(self.param_groups, gammas):
+            for p in g["params"]:
+                s = chain[p]
+                p.copy_(s["wc"])
+                if not s["seen"]: continue
+                d = p - s["mu"]
+                if g["second_order"]:
+                    var = (s["m2"] - s["m1"] * s["m1"]).clamp_min(0)
+                    d = d / (1 - gam * var / g["temperature"]).clamp_min(g["min_denom"])
+                    variance.append(var)
+                self._outer(g, p, d)
+        self.variance = variance or None
+    for g in self.param_groups: g["t"] += 1
+    return loss
+
+# %% ../nbs/07_esgd.ipynb #c715
+@patch
+def set_noise_seed(self: EntropySGD, seed: int): # the same on every rank
+    "Draw the Langevin noise from a generator of `seed`, so that every rank of a distributed run adds the same noise."
+    dev = self.param_groups[0]["params"][0].device
+    self.noise_generator = torch.Generator(device=dev)
+    self.noise_generator.manual_seed(check_int("seed", seed, lo=0))
+
+@patch
+def state_dict(self: EntropySGD) -> Dict[str, Any]:
+    "torch's optimizer state, plus the state of the noise generator when there is one."
+    sd = super(EntropySGD, self).state_dict()
+    if self.noise_generator is not None: sd["noise_rng"] = self.noise_generator.get_state()
+    return sd
+
+@patch
+def load_state_dict(self: EntropySGD, state: Dict[str, Any]):
+    state = dict(state)
+    rng = state.pop("noise_rng", None)
+    super(EntropySGD, self).load_state_dict(state)
+    if rng is not None and self.noise_generator is not None: self.noise_generator.set_state(rng)
+
 
 # %% ../nbs/07_esgd.ipynb #c057
 def awp_weights(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
     "The parameters AWP perturbs: conv and linear weights ('weight' in the name, ndim > 1), as the official diff_in_weights."
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1 and "weight" in n]
 
-class AWPToken:
-    "What `AWP.perturb` added to the weights, for `AWP.restore`."
-    def __init__(self, params: List[nn.Parameter], deltas: List[torch.Tensor], originals: List[torch.Tensor]):
-        self.params, self.deltas, self.originals = params, deltas, originals
-        self.versions = [p._version for p in params] # in-place changes since perturb bump these
 
+# %% ../nbs/07_esgd.ipynb #ce90
 class AWP(WeightPerturbation):
     "Adversarial weight perturbation (Wu, Xia, Wang, arXiv 2004.05884) as the official utils_awp.py: one proxy step, rescaled to γ‖w_l‖ per layer."
     name = "awp"
@@ -373,54 +400,69 @@ class AWP(WeightPerturbation):
         self.epoch = check_int("epoch", epoch, lo=0)
         return {"awp_active": self.active}
 
-    def perturbation(self, model: nn.Module, # the model, at the weights to perturb
-                     loss_fn: Callable[[nn.Module], torch.Tensor], # the method's outer loss at fixed adversarial points
-                    ) -> Tuple[List[nn.Parameter], List[torch.Tensor]]: # the perturbed parameters and their γ·v_l
-        "The perturbations γ·v_l = γ‖w_l‖·Δ_l/‖Δ_l‖ of one proxy SGD step Δ ascending `loss_fn`; nothing of `model` changes."
-        params = [p for _, p in awp_weights(model)]
-        saved = [b.detach().clone() for b in model.buffers()]
-        try:
-            with train_mode(model), torch.enable_grad():
-                grads = torch.autograd.grad(-loss_fn(model), params, allow_unused=True)
-            if dist.is_available() and dist.is_initialized():  # every rank saw its shard: the proxy step of the whole batch
-                ws = dist.get_world_size()
-                for g in grads:
-                    if g is not None: dist.all_reduce(g); g.div_(ws)
-        finally:
-            with torch.no_grad():
-                for b, s in zip(model.buffers(), saved): b.copy_(s)
-        out_p, out_d = [], []
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                if g is None: continue
-                diff = p.add(g, alpha=-self.proxy_lr) - p      # the proxy's SGD step on −ρ, then w_proxy − w
-                out_p.append(p); out_d.append(self.gamma * (p.norm() / (diff.norm() + 1e-20) * diff))
-        return out_p, out_d
-
-    def perturb(self, model: nn.Module, # its conv/linear weights are moved
-                loss_fn: Callable[[nn.Module], torch.Tensor], # the method's outer loss at fixed adversarial points
-               ) -> Optional[AWPToken]: # for `restore`; None while inactive
-        "Move `model`'s conv/linear weights to w + γv (batch-norm buffers untouched)."
-        if not self.active: return None
-        params, deltas = self.perturbation(model, loss_fn)
-        with torch.no_grad():
-            originals = [p.detach().clone() for p in params]
-            for p, d in zip(params, deltas): p.add_(d)
-        return AWPToken(params, deltas, originals)
-
-    def restore(self, model: nn.Module, # the model that `perturb` moved
-                token: Optional[AWPToken]): # what `perturb` returned
-        "Remove the perturbation: subtract it, or copy the saved weights back when nothing changed them since `perturb`."
-        if token is None: return
-        with torch.no_grad():
-            if all(p._version == v for p, v in zip(token.params, token.versions)):
-                for p, w in zip(token.params, token.originals): p.copy_(w)
-            else:
-                for p, d in zip(token.params, token.deltas): p.sub_(d)
-
     def state_dict(self) -> Dict[str, Any]: return {"epoch": self.epoch}
     def load_state_dict(self, state: Dict[str, Any]): self.epoch = check_int("epoch", state["epoch"], lo=0)
     def __repr__(self): return f"AWP(gamma={self.gamma}, warmup={self.warmup}, proxy_lr={self.proxy_lr}, epoch={self.epoch})"
+
+# %% ../nbs/07_esgd.ipynb #c801
+@patch
+def perturbation(self: AWP, model: nn.Module, # the model, at the weights to perturb
+                 loss_fn: Callable[[nn.Module], torch.Tensor], # the method's outer loss at fixed adversarial points
+                ) -> Tuple[List[nn.Parameter], List[torch.Tensor]]: # the perturbed parameters and their γ·v_l
+    "The perturbations γ·v_l = γ‖w_l‖·Δ_l/‖Δ_l‖ of one proxy SGD step Δ ascending `loss_fn`; nothing of `model` changes."
+    params = [p for _, p in awp_weights(model)]
+    saved = [b.detach().clone() for b in model.buffers()]
+    try:
+        with train_mode(model), torch.enable_grad():
+            grads = torch.autograd.grad(-loss_fn(model), params, allow_unused=True)
+        if dist.is_available() and dist.is_initialized():  # every rank saw its shard: the proxy step of the whole batch
+            ws = dist.get_world_size()
+            for g in grads:
+                if g is not None: dist.all_reduce(g); g.div_(ws)
+    finally:
+        with torch.no_grad():
+            for b, s in zip(model.buffers(), saved): b.copy_(s)
+    out_p, out_d = [], []
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            if g is None: continue
+            diff = p.add(g, alpha=-self.proxy_lr) - p      # the proxy's SGD step on −ρ, then w_proxy − w
+            out_p.append(p); out_d.append(self.gamma * (p.norm() / (diff.norm() + 1e-20) * diff))
+    return out_p, out_d
+
+
+# %% ../nbs/07_esgd.ipynb #c97d
+class AWPToken:
+    "What `AWP.perturb` added to the weights, for `AWP.restore`."
+    def __init__(self, params: List[nn.Parameter], deltas: List[torch.Tensor], originals: List[torch.Tensor]):
+        self.params, self.deltas, self.originals = params, deltas, originals
+        self.versions = [p._version for p in params] # in-place changes since perturb bump these
+
+@patch
+def perturb(self: AWP, model: nn.Module, # its conv/linear weights are moved
+            loss_fn: Callable[[nn.Module], torch.Tensor], # the method's outer loss at fixed adversarial points
+           ) -> Optional[AWPToken]: # for `restore`; None while inactive
+    "Move `model`'s conv/linear weights to w + γv (batch-norm buffers untouched)."
+    if not self.active: return None
+    params, deltas = self.perturbation(model, loss_fn)
+    with torch.no_grad():
+        originals = [p.detach().clone() for p in params]
+        for p, d in zip(params, deltas): p.add_(d)
+    return AWPToken(params, deltas, originals)
+
+
+# %% ../nbs/07_esgd.ipynb #c76c
+@patch
+def restore(self: AWP, model: nn.Module, # the model that `perturb` moved
+            token: Optional[AWPToken]): # what `perturb` returned
+    "Remove the perturbation: subtract it, or copy the saved weights back when nothing changed them since `perturb`."
+    if token is None: return
+    with torch.no_grad():
+        if all(p._version == v for p, v in zip(token.params, token.versions)):
+            for p, w in zip(token.params, token.originals): p.copy_(w)
+        else:
+            for p, d in zip(token.params, token.deltas): p.sub_(d)
+
 
 # %% ../nbs/07_esgd.ipynb #c073
 _AT_CIFAR = dict(method="pgd_at", eps=8 / 255, alpha=2 / 255, steps=10, attack_mode="train", # AT_AWP: PGD-10, 2/255, attack in train mode
@@ -439,6 +481,8 @@ def _recipe(*bases: dict, **fields) -> dict:
     out.update(fields)
     return out
 
+
+# %% ../nbs/07_esgd.ipynb #ceef
 RECIPES = {
     # AT-AWP, CIFAR-10 PreAct ResNet-18: official AT_AWP/train_cifar10.py (γ 0.01, no warm-up, proxy SGD lr 0.01)
     "awp_at_cifar10_preactrn18": _recipe(_AT_CIFAR, dataset="cifar10", optimizer="sgd", perturbation="awp",
