@@ -31,7 +31,7 @@ __all__ = ['AA_VERSIONS', 'AA_BATCH', 'EVAL_ATTACKS', 'SUITES', 'EVAL_JSON', 'EV
            'apgd', 'get_eval_attack', 'resolve_suite', 'AttackResult', 'Check', 'worst_case', 'frozen_eval', 'evaluate',
            'headline', 'headline_text', 'EvalResult', 'shard_bounds', 'EvalShard', 'evaluate_shard', 'merge_shards']
 
-# %% ../nbs/10_evaluate.ipynb #c005
+# %% ../nbs/10_evaluate.ipynb #cd77
 def _device_of(model: nn.Module) -> torch.device:
     p = next(itertools.chain(model.parameters(), model.buffers()), None)
     return p.device if p is not None else torch.device("cpu")
@@ -48,6 +48,7 @@ def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         else: check_batch(xb, yb)
         yield xb, yb, torch.arange(i, i + len(xb), device=dev)
 
+# %% ../nbs/10_evaluate.ipynb #c621
 def attack_accuracy(model: nn.Module, # returns logits
                     attack, # a configured attack: attack(x, y) -> x_adv (an `Attack` also gets the examples' indices); None: the clean inputs
                     x: torch.Tensor, # uint8 images or floats in [0,1]
@@ -62,6 +63,7 @@ def attack_accuracy(model: nn.Module, # returns logits
             with torch.no_grad(): correct += (model(xa).argmax(1) == yb).sum().item()
     return correct / len(y)
 
+# %% ../nbs/10_evaluate.ipynb #c7a8
 def accuracy(model: nn.Module, # returns logits for inputs in [0,1]
              x: torch.Tensor, # uint8 images or floats in [0,1]
              y: torch.Tensor, # labels
@@ -70,6 +72,7 @@ def accuracy(model: nn.Module, # returns logits for inputs in [0,1]
     "Clean accuracy of `model` on `(x, y)`, a fraction in [0,1]."
     return attack_accuracy(model, None, x, y, batch_size)
 
+# %% ../nbs/10_evaluate.ipynb #cae2
 def pgd_accuracy(model: nn.Module, # returns logits
                  x: torch.Tensor, y: torch.Tensor, # data (uint8 images or floats in [0,1]) and labels
                  threat: ThreatModel, # norm and ε
@@ -84,7 +87,7 @@ def pgd_accuracy(model: nn.Module, # returns logits
     attack = PGD(model, threat, steps=steps, alpha=alpha, restarts=restarts, loss=loss, seed=seed)
     return attack_accuracy(model, attack, x, y, batch_size)
 
-# %% ../nbs/10_evaluate.ipynb #c009
+# %% ../nbs/10_evaluate.ipynb #cd86
 @dataclass
 class BatchVerdict:
     "What one evaluation attack found on one batch."
@@ -93,6 +96,7 @@ class BatchVerdict:
     counts: Optional[Dict[str, int]] = None # AutoAttack: examples still robust after each of its attacks
     notes: List[str] = field(default_factory=list) # warnings raised by the attack (AutoAttack's own checks)
 
+# %% ../nbs/10_evaluate.ipynb #c95f
 @dataclass(frozen=True)
 class EvalAttack:
     "An attack of the evaluation suite: a name, a title for tables, and how to run it on a batch."
@@ -106,6 +110,7 @@ class EvalAttack:
     origin: str = "robustnb" # whose code: 'robustnb' (in-house) or 'official' (pyautoattack, unmodified)
     batch_size: Optional[int] = None # a fixed batch for this attack (AutoAttack: its random starts are drawn per batch)
 
+# %% ../nbs/10_evaluate.ipynb #ce6e
 @torch.no_grad()
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1) == y
@@ -117,7 +122,7 @@ def _feasible(threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor, who: st
         raise RuntimeError(f"{who} returned a point outside the threat set ({threat.norm.value} distance {worst:.6g} "
                            f"> ε = {threat.eps:.6g}, or outside the box {threat.box})")
 
-# %% ../nbs/10_evaluate.ipynb #c011
+# %% ../nbs/10_evaluate.ipynb #c55f
 def _run_clean(model, x, y, threat, seed, index) -> BatchVerdict:
     return BatchVerdict(_correct(model, x, y))
 
@@ -129,6 +134,7 @@ def _pgd_like(cls, name: str, **fixed):
         return BatchVerdict(_correct(model, xa, y))
     return run
 
+# %% ../nbs/10_evaluate.ipynb #ccb8
 def _minimal(cls, name: str, **fixed):
     "A runner for a minimal-L2 attack: judge the model at the point projected onto the threat set."
     def run(model, x, y, threat, seed, index, **kw) -> BatchVerdict:
@@ -140,6 +146,7 @@ def _minimal(cls, name: str, **fixed):
         return BatchVerdict(_correct(model, xp, y), dist=dist)
     return run
 
+# %% ../nbs/10_evaluate.ipynb #c9d4
 def _run_rays(model, x, y, threat, seed, index=None, query_budget: int = 10000, tol: float = 1e-4) -> BatchVerdict:
     "RayS without early stopping: the boundary distance (for ADBD) and the robust verdict at ε from one run."
     res = RayS(model, threat, query_budget=query_budget, tol=tol, early_stop=False, seed=seed).run(x, y, index=index)
@@ -148,10 +155,7 @@ def _run_rays(model, x, y, threat, seed, index=None, query_budget: int = 10000, 
     _feasible(threat, xa, x, "rays")
     return BatchVerdict(_correct(model, xa, y), dist=res.dist)
 
-# %% ../nbs/10_evaluate.ipynb #c013
-AA_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "fast": ("apgd-ce", "apgd-t"), "square": ("square",)}
-_AA_LINE = re.compile(r"robust accuracy after ([A-Z0-9-]+): ([0-9.]+)%")
-
+# %% ../nbs/10_evaluate.ipynb #cf36
 class _Collect(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
@@ -168,6 +172,7 @@ def _captured_log(name: str = "auto-attack"):
     finally:
         lg.removeHandler(h); lg.setLevel(saved[0]); lg.propagate = saved[1]
 
+# %% ../nbs/10_evaluate.ipynb #c1db
 def _has_autoattack() -> bool:
     "Whether the official AutoAttack (`pyautoattack`) is installed."
     import importlib.util
@@ -179,6 +184,10 @@ def _import_autoattack():
         raise ImportError("the AutoAttack attacks ('aa', 'aa_fast', 'square') need the official AutoAttack: "
                           "pip install pyautoattack") from e
     return AutoAttack
+
+# %% ../nbs/10_evaluate.ipynb #c4a2
+AA_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "fast": ("apgd-ce", "apgd-t"), "square": ("square",)}
+_AA_LINE = re.compile(r"robust accuracy after ([A-Z0-9-]+): ([0-9.]+)%")
 
 def autoattack(model: nn.Module, # returns logits; used as it is (evaluate puts it in eval mode)
                x: torch.Tensor, # clean inputs in [0,1]
@@ -219,6 +228,7 @@ def autoattack(model: nn.Module, # returns logits; used as it is (evaluate puts 
     notes += [msg for lvl, msg in log if lvl >= logging.WARNING]
     return BatchVerdict(correct, counts=counts, notes=notes)
 
+# %% ../nbs/10_evaluate.ipynb #c334
 def _aa_runner(version: str):
     def run(model, x, y, threat, seed, index=None, n_queries: int = 5000) -> BatchVerdict:
         return autoattack(model, x, y, threat, version=version, seed=seed, n_queries=n_queries)
@@ -269,7 +279,7 @@ def _run_apgd(loss: str):
         return BatchVerdict(_correct(model, xa, y))
     return run
 
-# %% ../nbs/10_evaluate.ipynb #c015
+# %% ../nbs/10_evaluate.ipynb #c3f0
 EVAL_ATTACKS = Registry("attack")
 for _a in [
     EvalAttack("clean", "clean", _run_clean, kind="clean"),
@@ -292,6 +302,7 @@ for _a in [
     EvalAttack("rays", "RayS", _run_rays, kind="black", norms=("Linf",), slow=True, options=("query_budget", "tol")),
 ]: EVAL_ATTACKS.register(_a.name, obj=_a)
 
+# %% ../nbs/10_evaluate.ipynb #c4fc
 _STEPS = re.compile(r"(pgd|cw)(\d+)")
 
 def get_eval_attack(name: str) -> EvalAttack:
@@ -332,7 +343,7 @@ def resolve_suite(suite: Union[str, Sequence[str]], # a name in SUITES, or a lis
         if a.name not in [o.name for o in out]: out.append(a)
     return out
 
-# %% ../nbs/10_evaluate.ipynb #c021
+# %% ../nbs/10_evaluate.ipynb #cd1f
 def _json_num(v):
     "A JSON-safe number: non-finite floats become None."
     if isinstance(v, (bool, np.bool_)): return bool(v)
@@ -342,6 +353,7 @@ def _json_num(v):
     if isinstance(v, (list, tuple)): return [_json_num(u) for u in v]
     return v
 
+# %% ../nbs/10_evaluate.ipynb #c476
 @dataclass
 class AttackResult:
     "One attack's outcome on the first `n` examples."
@@ -367,6 +379,7 @@ class AttackResult:
         return _json_num(dict(title=self.title, kind=self.kind, n=self.n, accuracy=self.accuracy, time_s=self.time_s,
                               stats=self.stats, notes=self.notes))
 
+# %% ../nbs/10_evaluate.ipynb #c62b
 @dataclass
 class Check:
     "A gradient-masking check: flagged or not, with a one-line explanation."
@@ -377,6 +390,7 @@ class Check:
     def to_dict(self) -> Dict[str, Any]: return _json_num(dict(name=self.name, flagged=self.flagged,
                                                               message=self.message, details=self.details))
 
+# %% ../nbs/10_evaluate.ipynb #caff
 def worst_case(results: Sequence[AttackResult]) -> AttackResult:
     "Per example, robust only if every attack failed; on the first m examples, m = the smallest attack count."
     m = min(r.n for r in results)
@@ -406,7 +420,7 @@ def _summarize(spec: EvalAttack, verdicts: List[BatchVerdict], n: int,
         stats["after"] = {a: c / n for a, c in tot.items()}
     return stats, notes, dist
 
-# %% ../nbs/10_evaluate.ipynb #c025
+# %% ../nbs/10_evaluate.ipynb #cb04
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module):
     "Eval mode and `requires_grad=False` parameters inside the block; modes and flags restored afterwards."
@@ -417,6 +431,7 @@ def frozen_eval(model: nn.Module):
     finally:
         for p, f in flags: p.requires_grad_(f)
 
+# %% ../nbs/10_evaluate.ipynb #cfe6
 def _as_threat(threat) -> ThreatModel:
     if isinstance(threat, ThreatModel): return threat
     if isinstance(threat, (tuple, list)) and len(threat) == 2: return ThreatModel(*threat)
@@ -434,6 +449,7 @@ def _check_data(x, y, box):
     if not x.is_floating_point(): raise ValueError(f"x must be uint8 images or floats in {box}, got {x.dtype}")
     check_batch(x, None, box)
 
+# %% ../nbs/10_evaluate.ipynb #c2b7
 def _check_options(options, specs) -> Dict[str, Dict[str, Any]]:
     options = dict(options or {})
     by = {s.name: s for s in specs}
@@ -447,7 +463,7 @@ def _limit(spec: EvalAttack, n: int, aa_subset: Optional[int], subsets: Dict[str
     if spec.name in subsets: return min(n, subsets[spec.name])
     return min(n, aa_subset) if spec.slow and aa_subset is not None else n
 
-# %% ../nbs/10_evaluate.ipynb #c583
+# %% ../nbs/10_evaluate.ipynb #cfa5
 def _plan(model, x, y, threat, suite, n, aa_subset, subsets, options, batch_size, check_n, device) -> Dict[str, Any]:
     "Check an evaluation's inputs before anything runs; the attacks, their example counts and batch sizes."
     threat = _as_threat(threat)
@@ -478,10 +494,12 @@ def _num_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev) -> int
         raise ValueError(f"labels must be in [0, {k}) for a model with {k} outputs, got [{int(y.min())}, {int(y.max())}]")
     return k
 
+# %% ../nbs/10_evaluate.ipynb #cebd
 def _grid(lo: int, hi: int, bs: int) -> List[Tuple[int, int]]:
     "The batches `[i, j)` of examples `lo..hi-1`: the grid of `bs` counted from example 0, cut at `lo` and `hi`."
     return [(max(i, lo), min(i + bs, hi)) for i in range(lo - lo % bs, hi, bs)] if lo < hi else []
 
+# %% ../nbs/10_evaluate.ipynb #c17a
 def _run_attacks(model, p: Dict[str, Any], seed: int, lo: int, hi: int, bar=None) -> Dict[str, Tuple[List[BatchVerdict], float]]:
     "Every attack of the plan `p` on the examples `lo..hi-1` (each below its limit): its batch verdicts and wall time."
     out = {}
@@ -504,7 +522,7 @@ def _row(spec: EvalAttack, verdicts: List[BatchVerdict], time_s: float, width: f
     return AttackResult(spec.name, spec.title, spec.kind, torch.cat([v.correct.cpu() for v in verdicts]), time_s,
                         dist, stats, notes)
 
-# %% ../nbs/10_evaluate.ipynb #c026
+# %% ../nbs/10_evaluate.ipynb #c234
 def evaluate(model: nn.Module, # returns logits for inputs in the threat model's box
              x: torch.Tensor, # uint8 images or floats in the box
              y: torch.Tensor, # labels
@@ -544,6 +562,7 @@ def evaluate(model: nn.Module, # returns logits for inputs in the threat model's
                 versions=_versions())
     return EvalResult(threat, total, results, worst, found, meta)
 
+# %% ../nbs/10_evaluate.ipynb #c364
 def _versions() -> Dict[str, str]:
     import robustnb
     v = dict(torch=torch.__version__, robustnb=getattr(robustnb, "__version__", "?"))
@@ -553,7 +572,7 @@ def _versions() -> Dict[str, str]:
     except ImportError: pass
     return v
 
-# %% ../nbs/10_evaluate.ipynb #c039
+# %% ../nbs/10_evaluate.ipynb #cc67
 EVAL_JSON, EVAL_MD = "eval.json", "eval.md" # what EvalResult.save writes into a run directory (layout: robustnb.runs)
 EVAL_FILES = (EVAL_JSON, EVAL_MD)
 _TRUSTED = ("aa", "aa_fast", "apgd-ce", "apgd-dlr", "square", "rays") # official or gradient-free attacks, most complete first
@@ -577,6 +596,7 @@ def headline(results: Dict[str, AttackResult], # the rows of an evaluation
     else: label = f"{top}, worst case of {k} attack{'s' if k > 1 else ''}"
     return dict(robust_acc=worst.accuracy, n=worst.n, label=label, attacks=attacks, clean_acc=clean, flags=list(flags))
 
+# %% ../nbs/10_evaluate.ipynb #cdaa
 def headline_text(h: Dict[str, Any]) -> str:
     "One line for people: 'robust 41.00 % (AutoAttack standard, worst case of 5 attacks; 500 examples)'."
     if h.get("robust_acc") is None: return h["label"]
@@ -584,6 +604,17 @@ def headline_text(h: Dict[str, Any]) -> str:
     return (f"robust {100 * h['robust_acc']:.2f} % ({h['label']}; {h['n']} examples)"
             + (f"; {len(fl)} check{'s' if len(fl) > 1 else ''} flagged: {', '.join(fl)}" if fl else ""))
 
+# %% ../nbs/10_evaluate.ipynb #cfb8
+def _row_note(r: AttackResult) -> str:
+    s = r.stats
+    parts = []
+    if "adbd" in s: parts.append(f"ADBD {s['adbd']:.4f}" + (f" ({s['not_found']} not found)" if s["not_found"] else ""))
+    if "median_l2" in s: parts.append(f"median L2 {s['median_l2']:.3g}")
+    if "after" in s: parts.append("after " + ", ".join(f"{a} {100 * v:.2f}" for a, v in s["after"].items()))
+    if r.notes: parts.append(f"{len(r.notes)} warning(s), see {EVAL_JSON}")
+    return "; ".join(parts)
+
+# %% ../nbs/10_evaluate.ipynb #c1a8
 @dataclass
 class EvalResult:
     "An evaluation: one row per attack, the per-example worst case, the gradient-masking checks."
@@ -642,15 +673,6 @@ class EvalResult:
         atomic_write_text(out / EVAL_MD, self.to_markdown())
         return out / EVAL_JSON, out / EVAL_MD
 
-def _row_note(r: AttackResult) -> str:
-    s = r.stats
-    parts = []
-    if "adbd" in s: parts.append(f"ADBD {s['adbd']:.4f}" + (f" ({s['not_found']} not found)" if s["not_found"] else ""))
-    if "median_l2" in s: parts.append(f"median L2 {s['median_l2']:.3g}")
-    if "after" in s: parts.append("after " + ", ".join(f"{a} {100 * v:.2f}" for a, v in s["after"].items()))
-    if r.notes: parts.append(f"{len(r.notes)} warning(s), see {EVAL_JSON}")
-    return "; ".join(parts)
-
 # %% ../nbs/10_evaluate.ipynb #c13e
 def shard_bounds(total: int, # examples of the whole evaluation
                  shards: int, # number of shards
@@ -670,7 +692,7 @@ def shard_bounds(total: int, # examples of the whole evaluation
         bounds.append(cuts[j]); j += 1
     return bounds + [total]
 
-# %% ../nbs/10_evaluate.ipynb #c513
+# %% ../nbs/10_evaluate.ipynb #c3eb
 EVAL_SHARD = "eval-shard-{shard}-of-{shards}.json" # a shard's result file in a run directory (merged into EVAL_JSON)
 SHARD_FORMAT = "robustnb-eval-shard-1" # the format tag of a shard file
 
@@ -686,6 +708,7 @@ def _verdict_from_dict(d: Dict[str, Any]) -> BatchVerdict:
     dist = None if d["dist"] is None else torch.tensor([math.inf if u is None else u for u in d["dist"]])
     return BatchVerdict(torch.tensor(d["correct"], dtype=torch.bool), dist, d["counts"], list(d["notes"]))
 
+# %% ../nbs/10_evaluate.ipynb #ca5c
 @dataclass
 class EvalShard:
     "Shard `shard` of `shards` of an evaluation: every attack's per-example verdicts on the examples `start..stop-1`."
@@ -722,6 +745,14 @@ class EvalShard:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "EvalShard": return cls.from_dict(json.loads(Path(path).read_text()))
+
+# %% ../nbs/10_evaluate.ipynb #ccf7
+def _join(vs: List[BatchVerdict]) -> BatchVerdict:
+    "The batch verdicts of consecutive examples as one (AutoAttack's counts summed, the warnings kept once, in order)."
+    return BatchVerdict(torch.cat([v.correct.cpu() for v in vs]),
+                        None if vs[0].dist is None else torch.cat([v.dist.float().cpu() for v in vs]),
+                        None if vs[0].counts is None else {a: sum(v.counts[a] for v in vs) for a in vs[0].counts},
+                        list(dict.fromkeys(msg for v in vs for msg in v.notes)))
 
 # %% ../nbs/10_evaluate.ipynb #c4aa
 def _fixed_chunks(p: Dict[str, Any]) -> List[Tuple[int, int]]:
@@ -772,12 +803,7 @@ def evaluate_shard(model: nn.Module, # returns logits for inputs in the threat m
             from robustnb.masking import masking_checks
             found = masking_checks(model, p["x"], p["y"], threat, results=results, n=check_n, seed=seed,
                                    batch_size=batch_size, config=check_config, was_training=p["was_training"])
-    join = lambda vs: BatchVerdict(torch.cat([v.correct.cpu() for v in vs]),
-                                   None if vs[0].dist is None else torch.cat([v.dist.float().cpu() for v in vs]),
-                                   None if vs[0].counts is None else
-                                   {a: sum(v.counts[a] for v in vs) for a in vs[0].counts},
-                                   list(dict.fromkeys(msg for v in vs for msg in v.notes)))
-    rows = {name: join(vs) for name, (vs, _) in ran.items() if vs}
+    rows = {name: _join(vs) for name, (vs, _) in ran.items() if vs}
     from dataclasses import asdict
     config = _jsonable(dict(threat=dict(norm=threat.norm.value, eps=threat.eps, box=list(threat.box)), n=total,
                             suite=[s.name for s in p["specs"]], limits=p["limits"], bounds=bounds, seed=seed,
@@ -786,7 +812,7 @@ def evaluate_shard(model: nn.Module, # returns logits for inputs in the threat m
     meta = dict(device=str(dev), time_s=t_all.elapsed, versions=_versions())
     return EvalShard(shard, shards, lo, hi, config, rows, {name: t for name, (_, t) in ran.items()}, found, meta)
 
-# %% ../nbs/10_evaluate.ipynb #c742
+# %% ../nbs/10_evaluate.ipynb #caa8
 _DATA_CHECKS = ("autoattack", "whitebox_gap") # the checks computed from the suite's verdicts alone: merge_shards redoes them
 
 def _data_checks(results: Dict[str, AttackResult], cfg: "CheckConfig") -> List[Check]:
@@ -801,6 +827,7 @@ def _data_checks(results: Dict[str, AttackResult], cfg: "CheckConfig") -> List[C
     gap = _check_whitebox_gap(results, cfg)
     return out + ([gap] if gap is not None else [])
 
+# %% ../nbs/10_evaluate.ipynb #ca3a
 def merge_shards(shards: Sequence[Union[EvalShard, str, Path]], # every shard of one evaluation (objects or shard files)
                 ) -> "EvalResult":
     "The `EvalResult` of the whole evaluation from its shards: rows, worst case and checks as `evaluate` gives them."

@@ -97,7 +97,7 @@ class RunLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
-# %% ../nbs/10d_runs.ipynb #r013
+# %% ../nbs/10d_runs.ipynb #c759
 def _read_json(path: Path) -> Dict[str, Any]:
     if not path.exists(): raise FileNotFoundError(f"{path} is missing: is {path.parent} a run directory written by robustnb.train.fit?")
     return json.loads(path.read_text())
@@ -110,6 +110,7 @@ def save_run_model(path: Union[str, Path], # where model.pt goes
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp: torch.save(dict(format=MODEL_FORMAT, config=config, state_dict=state), tmp)
 
+# %% ../nbs/10d_runs.ipynb #c0da
 def load_run_model(run_dir: Union[str, Path], # a run directory written by robustnb.train.fit
                    device="cpu", # where the model goes
                   ) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -129,7 +130,7 @@ def load_run_model(run_dir: Union[str, Path], # a run directory written by robus
         raise ValueError(f"{path} does not hold weights of a {cfg['arch']} for {cfg['dataset']}: {e}") from None
     return model.to(get_device(device)).eval(), cfg
 
-# %% ../nbs/10d_runs.ipynb #c049
+# %% ../nbs/10d_runs.ipynb #cf0e
 def _run_meta(run_dir: Path, cfg: Dict[str, Any], metrics: Dict[str, Any]) -> Dict[str, Any]:
     return dict(run=str(run_dir), method=cfg.get("method"), dataset=cfg["dataset"], arch=cfg["arch"],
                 train_time_s=metrics.get("train_time_s"), grad_evals_per_sample=metrics.get("grad_evals_per_sample"))
@@ -144,6 +145,7 @@ def _save_eval(run_dir: Path, res: EvalResult, cfg: Dict[str, Any]) -> EvalResul
         atomic_write_text(run_dir / METRICS_FILE, json.dumps(_json_num(metrics), indent=2))
     return res
 
+# %% ../nbs/10d_runs.ipynb #c0cd
 def evaluate_run(run_dir: Union[str, Path], # a run directory written by robustnb.train.fit
                  suite: Union[str, Sequence[str]] = "quick", # a name in SUITES or a list of attack names
                  n: Optional[int] = 1000, # test examples (None or 0: the whole test set)
@@ -174,7 +176,7 @@ def evaluate_run(run_dir: Union[str, Path], # a run directory written by robustn
         return part
     return _save_eval(run_dir, evaluate(model, x, y, threat, suite, **kw), cfg)
 
-# %% ../nbs/10d_runs.ipynb #c6df
+# %% ../nbs/10d_runs.ipynb #cf83
 _SHARD_RE = re.compile(EVAL_SHARD.format(shard=r"(\d+)", shards=r"(\d+)").replace(".", r"\."))
 
 def shard_files(run_dir: Union[str, Path]) -> Dict[int, Dict[int, Path]]:
@@ -185,6 +187,7 @@ def shard_files(run_dir: Union[str, Path]) -> Dict[int, Dict[int, Path]]:
         if m: out.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
     return out
 
+# %% ../nbs/10d_runs.ipynb #c5d5
 def merge_run_shards(run_dir: Union[str, Path], # a run directory where `evaluate_run(..., shard=i, shards=k)` ran for every i
                     ) -> EvalResult:
     "Merge a run's evaluation shards into `eval.json` and `eval.md` (and its headline), once every shard has run."
@@ -204,7 +207,7 @@ def merge_run_shards(run_dir: Union[str, Path], # a run directory where `evaluat
                                 f"evaluate_run(..., shard=i, shards={k}) for {'it' if len(missing) == 1 else 'them'} first")
     return _save_eval(run_dir, merge_shards([files[i] for i in range(k)]), cfg)
 
-# %% ../nbs/10d_runs.ipynb #c050
+# %% ../nbs/10d_runs.ipynb #c2e1
 def _strongest_pgd(acc: Dict[str, float]) -> Tuple[Optional[str], Optional[float]]:
     pgds = [(int(m.group(1)), k) for k in acc for m in [re.fullmatch(r"pgd(\d+)", k)] if m]
     if not pgds: return None, None
@@ -232,6 +235,26 @@ def compare_rows(run_dirs: Sequence[Union[str, Path]]) -> List[Dict[str, Any]]:
                          flags=ev["flags"] if ev else None, n=ev["n"] if ev else met.get("n_test")))
     return rows
 
+# %% ../nbs/10d_runs.ipynb #c232
+def _scatter(rows: List[Dict[str, Any]], path: Path):
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in rows:
+        rob = r["headline"]
+        if rob is None or r["train_time_s"] is None: continue
+        official = any(k in (r["headline_label"] or "") for k in ("AutoAttack", "APGD"))
+        ax.scatter(r["train_time_s"], 100 * rob, marker="o" if official else "s")
+        ax.annotate(f"{r['method']} ({r['run']})", (r["train_time_s"], 100 * rob), fontsize=8,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("training time (s)"); ax.set_ylabel("headline robust accuracy (%)\n[o with official attacks, □ in-house only]")
+    ax.set_title("robustness vs training time", fontsize=10); ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+# %% ../nbs/10d_runs.ipynb #ccf8
 def _fmt(v, pct=True, nd=2) -> str:
     if v is None: return "–"
     return f"{100 * v:.{nd}f}" if pct else f"{v:.{nd}f}"
@@ -259,21 +282,3 @@ def compare(run_dirs: Sequence[Union[str, Path]], # run directories (with metric
     path = Path(out) if out is not None else Path(run_dirs[0]).parent / "compare.png"
     _scatter(rows, path)
     return table, path
-
-def _scatter(rows: List[Dict[str, Any]], path: Path):
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for r in rows:
-        rob = r["headline"]
-        if rob is None or r["train_time_s"] is None: continue
-        official = any(k in (r["headline_label"] or "") for k in ("AutoAttack", "APGD"))
-        ax.scatter(r["train_time_s"], 100 * rob, marker="o" if official else "s")
-        ax.annotate(f"{r['method']} ({r['run']})", (r["train_time_s"], 100 * rob), fontsize=8,
-                    textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("training time (s)"); ax.set_ylabel("headline robust accuracy (%)\n[o with official attacks, □ in-house only]")
-    ax.set_title("robustness vs training time", fontsize=10); ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
