@@ -236,6 +236,10 @@ def compare_rows(run_dirs: Sequence[Union[str, Path]]) -> List[Dict[str, Any]]:
     return rows
 
 # %% ../nbs/10d_runs.ipynb #c232
+def _official(label: Optional[str]) -> bool:
+    "Whether a headline's label names an official attack (an in-house-only label mentions AutoAttack only to say it did not run)."
+    return bool(label) and not label.startswith("in-house attacks only") and any(k in label for k in ("AutoAttack", "APGD", "Square"))
+
 def _scatter(rows: List[Dict[str, Any]], path: Path):
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -244,8 +248,7 @@ def _scatter(rows: List[Dict[str, Any]], path: Path):
     for r in rows:
         rob = r["headline"]
         if rob is None or r["train_time_s"] is None: continue
-        official = any(k in (r["headline_label"] or "") for k in ("AutoAttack", "APGD"))
-        ax.scatter(r["train_time_s"], 100 * rob, marker="o" if official else "s")
+        ax.scatter(r["train_time_s"], 100 * rob, marker="o" if _official(r["headline_label"]) else "s")
         ax.annotate(f"{r['method']} ({r['run']})", (r["train_time_s"], 100 * rob), fontsize=8,
                     textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("training time (s)"); ax.set_ylabel("headline robust accuracy (%)\n[o with official attacks, □ in-house only]")
