@@ -23,15 +23,15 @@ from tqdm.auto import tqdm
 from .core import (ExampleRNG, Norm, Registry, ThreatModel, Timer, atomic_write_text, batch_view, check_batch,
                            check_choice, check_int, eval_mode, get_device)
 from .data import to_float
-from .attacks import CWL2, FGSM, MIFGSM, PGD, Attack, DeepFool, RayS, check_inputs
+from .attacks import ATENTAttack, CWL2, FGSM, MIFGSM, PGD, Attack, DeepFool, RayS, check_inputs
 
 # %% auto #0
-__all__ = ['AA_VERSIONS', 'AA_BATCH', 'EVAL_ATTACKS', 'SUITES', 'EVAL_JSON', 'EVAL_MD', 'EVAL_FILES', 'attack_accuracy',
-           'accuracy', 'pgd_accuracy', 'BatchVerdict', 'EvalAttack', 'autoattack', 'apgd', 'get_eval_attack',
-           'resolve_suite', 'AttackResult', 'Check', 'worst_case', 'frozen_eval', 'evaluate', 'headline',
-           'headline_text', 'EvalResult']
+__all__ = ['AA_VERSIONS', 'AA_BATCH', 'EVAL_ATTACKS', 'SUITES', 'EVAL_JSON', 'EVAL_MD', 'EVAL_FILES', 'EVAL_SHARD',
+           'SHARD_FORMAT', 'attack_accuracy', 'accuracy', 'pgd_accuracy', 'BatchVerdict', 'EvalAttack', 'autoattack',
+           'apgd', 'get_eval_attack', 'resolve_suite', 'AttackResult', 'Check', 'worst_case', 'frozen_eval', 'evaluate',
+           'headline', 'headline_text', 'EvalResult', 'shard_bounds', 'EvalShard', 'evaluate_shard', 'merge_shards']
 
-# %% ../nbs/10_evaluate.ipynb #c005
+# %% ../nbs/10_evaluate.ipynb #cd77
 def _device_of(model: nn.Module) -> torch.device:
     p = next(itertools.chain(model.parameters(), model.buffers()), None)
     return p.device if p is not None else torch.device("cpu")
@@ -48,6 +48,7 @@ def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         else: check_batch(xb, yb)
         yield xb, yb, torch.arange(i, i + len(xb), device=dev)
 
+# %% ../nbs/10_evaluate.ipynb #c621
 def attack_accuracy(model: nn.Module, # returns logits
                     attack, # a configured attack: attack(x, y) -> x_adv (an `Attack` also gets the examples' indices); None: the clean inputs
                     x: torch.Tensor, # uint8 images or floats in [0,1]
@@ -62,6 +63,7 @@ def attack_accuracy(model: nn.Module, # returns logits
             with torch.no_grad(): correct += (model(xa).argmax(1) == yb).sum().item()
     return correct / len(y)
 
+# %% ../nbs/10_evaluate.ipynb #c7a8
 def accuracy(model: nn.Module, # returns logits for inputs in [0,1]
              x: torch.Tensor, # uint8 images or floats in [0,1]
              y: torch.Tensor, # labels
@@ -70,6 +72,7 @@ def accuracy(model: nn.Module, # returns logits for inputs in [0,1]
     "Clean accuracy of `model` on `(x, y)`, a fraction in [0,1]."
     return attack_accuracy(model, None, x, y, batch_size)
 
+# %% ../nbs/10_evaluate.ipynb #cae2
 def pgd_accuracy(model: nn.Module, # returns logits
                  x: torch.Tensor, y: torch.Tensor, # data (uint8 images or floats in [0,1]) and labels
                  threat: ThreatModel, # norm and ε
@@ -84,7 +87,7 @@ def pgd_accuracy(model: nn.Module, # returns logits
     attack = PGD(model, threat, steps=steps, alpha=alpha, restarts=restarts, loss=loss, seed=seed)
     return attack_accuracy(model, attack, x, y, batch_size)
 
-# %% ../nbs/10_evaluate.ipynb #c009
+# %% ../nbs/10_evaluate.ipynb #cd86
 @dataclass
 class BatchVerdict:
     "What one evaluation attack found on one batch."
@@ -93,6 +96,7 @@ class BatchVerdict:
     counts: Optional[Dict[str, int]] = None # AutoAttack: examples still robust after each of its attacks
     notes: List[str] = field(default_factory=list) # warnings raised by the attack (AutoAttack's own checks)
 
+# %% ../nbs/10_evaluate.ipynb #c95f
 @dataclass(frozen=True)
 class EvalAttack:
     "An attack of the evaluation suite: a name, a title for tables, and how to run it on a batch."
@@ -106,6 +110,7 @@ class EvalAttack:
     origin: str = "robustnb" # whose code: 'robustnb' (in-house) or 'official' (pyautoattack, unmodified)
     batch_size: Optional[int] = None # a fixed batch for this attack (AutoAttack: its random starts are drawn per batch)
 
+# %% ../nbs/10_evaluate.ipynb #ce6e
 @torch.no_grad()
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1) == y
@@ -117,7 +122,7 @@ def _feasible(threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor, who: st
         raise RuntimeError(f"{who} returned a point outside the threat set ({threat.norm.value} distance {worst:.6g} "
                            f"> ε = {threat.eps:.6g}, or outside the box {threat.box})")
 
-# %% ../nbs/10_evaluate.ipynb #c011
+# %% ../nbs/10_evaluate.ipynb #c55f
 def _run_clean(model, x, y, threat, seed, index) -> BatchVerdict:
     return BatchVerdict(_correct(model, x, y))
 
@@ -129,6 +134,7 @@ def _pgd_like(cls, name: str, **fixed):
         return BatchVerdict(_correct(model, xa, y))
     return run
 
+# %% ../nbs/10_evaluate.ipynb #ccb8
 def _minimal(cls, name: str, **fixed):
     "A runner for a minimal-L2 attack: judge the model at the point projected onto the threat set."
     def run(model, x, y, threat, seed, index, **kw) -> BatchVerdict:
@@ -140,6 +146,7 @@ def _minimal(cls, name: str, **fixed):
         return BatchVerdict(_correct(model, xp, y), dist=dist)
     return run
 
+# %% ../nbs/10_evaluate.ipynb #c9d4
 def _run_rays(model, x, y, threat, seed, index=None, query_budget: int = 10000, tol: float = 1e-4) -> BatchVerdict:
     "RayS without early stopping: the boundary distance (for ADBD) and the robust verdict at ε from one run."
     res = RayS(model, threat, query_budget=query_budget, tol=tol, early_stop=False, seed=seed).run(x, y, index=index)
@@ -148,10 +155,7 @@ def _run_rays(model, x, y, threat, seed, index=None, query_budget: int = 10000, 
     _feasible(threat, xa, x, "rays")
     return BatchVerdict(_correct(model, xa, y), dist=res.dist)
 
-# %% ../nbs/10_evaluate.ipynb #c013
-AA_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "fast": ("apgd-ce", "apgd-t"), "square": ("square",)}
-_AA_LINE = re.compile(r"robust accuracy after ([A-Z0-9-]+): ([0-9.]+)%")
-
+# %% ../nbs/10_evaluate.ipynb #cf36
 class _Collect(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
@@ -168,6 +172,7 @@ def _captured_log(name: str = "auto-attack"):
     finally:
         lg.removeHandler(h); lg.setLevel(saved[0]); lg.propagate = saved[1]
 
+# %% ../nbs/10_evaluate.ipynb #c1db
 def _has_autoattack() -> bool:
     "Whether the official AutoAttack (`pyautoattack`) is installed."
     import importlib.util
@@ -179,6 +184,10 @@ def _import_autoattack():
         raise ImportError("the AutoAttack attacks ('aa', 'aa_fast', 'square') need the official AutoAttack: "
                           "pip install pyautoattack") from e
     return AutoAttack
+
+# %% ../nbs/10_evaluate.ipynb #c4a2
+AA_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "fast": ("apgd-ce", "apgd-t"), "square": ("square",)}
+_AA_LINE = re.compile(r"robust accuracy after ([A-Z0-9-]+): ([0-9.]+)%")
 
 def autoattack(model: nn.Module, # returns logits; used as it is (evaluate puts it in eval mode)
                x: torch.Tensor, # clean inputs in [0,1]
@@ -219,6 +228,7 @@ def autoattack(model: nn.Module, # returns logits; used as it is (evaluate puts 
     notes += [msg for lvl, msg in log if lvl >= logging.WARNING]
     return BatchVerdict(correct, counts=counts, notes=notes)
 
+# %% ../nbs/10_evaluate.ipynb #c334
 def _aa_runner(version: str):
     def run(model, x, y, threat, seed, index=None, n_queries: int = 5000) -> BatchVerdict:
         return autoattack(model, x, y, threat, version=version, seed=seed, n_queries=n_queries)
@@ -269,7 +279,7 @@ def _run_apgd(loss: str):
         return BatchVerdict(_correct(model, xa, y))
     return run
 
-# %% ../nbs/10_evaluate.ipynb #c015
+# %% ../nbs/10_evaluate.ipynb #c3f0
 EVAL_ATTACKS = Registry("attack")
 for _a in [
     EvalAttack("clean", "clean", _run_clean, kind="clean"),
@@ -287,9 +297,12 @@ for _a in [
                origin="official", batch_size=AA_BATCH),
     EvalAttack("square", "Square", _aa_runner("square"), kind="black", slow=True, options=("n_queries",),
                origin="official", batch_size=AA_BATCH),
+    EvalAttack("atent", "ATENT-20 (Langevin, CE)", _pgd_like(ATENTAttack, "atent"),
+               options=("steps", "alpha", "gamma", "noise", "project", "direction", "loss")),
     EvalAttack("rays", "RayS", _run_rays, kind="black", norms=("Linf",), slow=True, options=("query_budget", "tol")),
 ]: EVAL_ATTACKS.register(_a.name, obj=_a)
 
+# %% ../nbs/10_evaluate.ipynb #c4fc
 _STEPS = re.compile(r"(pgd|cw)(\d+)")
 
 def get_eval_attack(name: str) -> EvalAttack:
@@ -330,7 +343,7 @@ def resolve_suite(suite: Union[str, Sequence[str]], # a name in SUITES, or a lis
         if a.name not in [o.name for o in out]: out.append(a)
     return out
 
-# %% ../nbs/10_evaluate.ipynb #c021
+# %% ../nbs/10_evaluate.ipynb #cd1f
 def _json_num(v):
     "A JSON-safe number: non-finite floats become None."
     if isinstance(v, (bool, np.bool_)): return bool(v)
@@ -340,6 +353,7 @@ def _json_num(v):
     if isinstance(v, (list, tuple)): return [_json_num(u) for u in v]
     return v
 
+# %% ../nbs/10_evaluate.ipynb #c476
 @dataclass
 class AttackResult:
     "One attack's outcome on the first `n` examples."
@@ -365,6 +379,7 @@ class AttackResult:
         return _json_num(dict(title=self.title, kind=self.kind, n=self.n, accuracy=self.accuracy, time_s=self.time_s,
                               stats=self.stats, notes=self.notes))
 
+# %% ../nbs/10_evaluate.ipynb #c62b
 @dataclass
 class Check:
     "A gradient-masking check: flagged or not, with a one-line explanation."
@@ -375,6 +390,7 @@ class Check:
     def to_dict(self) -> Dict[str, Any]: return _json_num(dict(name=self.name, flagged=self.flagged,
                                                               message=self.message, details=self.details))
 
+# %% ../nbs/10_evaluate.ipynb #caff
 def worst_case(results: Sequence[AttackResult]) -> AttackResult:
     "Per example, robust only if every attack failed; on the first m examples, m = the smallest attack count."
     m = min(r.n for r in results)
@@ -404,7 +420,7 @@ def _summarize(spec: EvalAttack, verdicts: List[BatchVerdict], n: int,
         stats["after"] = {a: c / n for a, c in tot.items()}
     return stats, notes, dist
 
-# %% ../nbs/10_evaluate.ipynb #c025
+# %% ../nbs/10_evaluate.ipynb #cb04
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module):
     "Eval mode and `requires_grad=False` parameters inside the block; modes and flags restored afterwards."
@@ -415,6 +431,7 @@ def frozen_eval(model: nn.Module):
     finally:
         for p, f in flags: p.requires_grad_(f)
 
+# %% ../nbs/10_evaluate.ipynb #cfe6
 def _as_threat(threat) -> ThreatModel:
     if isinstance(threat, ThreatModel): return threat
     if isinstance(threat, (tuple, list)) and len(threat) == 2: return ThreatModel(*threat)
@@ -432,6 +449,7 @@ def _check_data(x, y, box):
     if not x.is_floating_point(): raise ValueError(f"x must be uint8 images or floats in {box}, got {x.dtype}")
     check_batch(x, None, box)
 
+# %% ../nbs/10_evaluate.ipynb #c2b7
 def _check_options(options, specs) -> Dict[str, Dict[str, Any]]:
     options = dict(options or {})
     by = {s.name: s for s in specs}
@@ -445,7 +463,66 @@ def _limit(spec: EvalAttack, n: int, aa_subset: Optional[int], subsets: Dict[str
     if spec.name in subsets: return min(n, subsets[spec.name])
     return min(n, aa_subset) if spec.slow and aa_subset is not None else n
 
-# %% ../nbs/10_evaluate.ipynb #c026
+# %% ../nbs/10_evaluate.ipynb #cfa5
+def _plan(model, x, y, threat, suite, n, aa_subset, subsets, options, batch_size, check_n, device) -> Dict[str, Any]:
+    "Check an evaluation's inputs before anything runs; the attacks, their example counts and batch sizes."
+    threat = _as_threat(threat)
+    specs = resolve_suite(suite, threat)
+    _check_data(x, y, threat.box)
+    opts = _check_options(options, specs)
+    for name, v in [("batch_size", batch_size), ("check_n", check_n)] + [("n", n)] * (n is not None) + \
+                   [("aa_subset", aa_subset)] * (aa_subset is not None) + list((subsets or {}).items()):
+        check_int(name, v, lo=1)
+    dev = _device_of(model)
+    want = None if device is None else get_device(device)
+    if want is not None and (want.type != dev.type or (None not in (want.index, dev.index) and want.index != dev.index)):
+        raise ValueError(f"the model is on {dev}, not on {device}: move it first (evaluate never moves a model)")
+    if n is not None: x, y = x[:n], y[:n]
+    subsets = {str(k).lower(): int(v) for k, v in (subsets or {}).items()}
+    if set(subsets) - {s.name for s in specs}:
+        raise ValueError(f"subsets for {', '.join(sorted(set(subsets) - {s.name for s in specs}))}, not in the suite "
+                         f"({', '.join(s.name for s in specs)})")
+    return dict(threat=threat, specs=specs, x=x, y=y, total=len(x), opts=opts, dev=dev,
+                limits={s.name: _limit(s, len(x), aa_subset, subsets) for s in specs},
+                bs={s.name: s.batch_size or batch_size for s in specs},
+                was_training=any(m.training for m in model.modules()))
+
+def _num_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev) -> int:
+    "The model's number of outputs, after checking that every label is one of them."
+    with torch.no_grad(): k = model(to_float(x[:1]).to(dev)).shape[1]
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise ValueError(f"labels must be in [0, {k}) for a model with {k} outputs, got [{int(y.min())}, {int(y.max())}]")
+    return k
+
+# %% ../nbs/10_evaluate.ipynb #cebd
+def _grid(lo: int, hi: int, bs: int) -> List[Tuple[int, int]]:
+    "The batches `[i, j)` of examples `lo..hi-1`: the grid of `bs` counted from example 0, cut at `lo` and `hi`."
+    return [(max(i, lo), min(i + bs, hi)) for i in range(lo - lo % bs, hi, bs)] if lo < hi else []
+
+# %% ../nbs/10_evaluate.ipynb #c17a
+def _run_attacks(model, p: Dict[str, Any], seed: int, lo: int, hi: int, bar=None) -> Dict[str, Tuple[List[BatchVerdict], float]]:
+    "Every attack of the plan `p` on the examples `lo..hi-1` (each below its limit): its batch verdicts and wall time."
+    out = {}
+    for spec in p["specs"]:
+        if bar is not None: bar.set_description(spec.name)
+        verdicts = []
+        with Timer(p["dev"]) as t:
+            for i, j in _grid(lo, min(hi, p["limits"][spec.name]), p["bs"][spec.name]):
+                xb, yb = to_float(p["x"][i:j]).to(p["dev"]), p["y"][i:j].to(p["dev"]).long()
+                index = torch.arange(i, j, device=p["dev"])
+                verdicts.append(spec.run(model, xb, yb, p["threat"], seed, index, **p["opts"].get(spec.name, {})))
+                if bar is not None: bar.update(1)
+        out[spec.name] = (verdicts, t.elapsed)
+    return out
+
+def _row(spec: EvalAttack, verdicts: List[BatchVerdict], time_s: float, width: float = 1.0) -> AttackResult:
+    "One attack's row from its batch verdicts (consecutive examples, from the first)."
+    n = sum(len(v.correct) for v in verdicts)
+    stats, notes, dist = _summarize(spec, verdicts, n, width)
+    return AttackResult(spec.name, spec.title, spec.kind, torch.cat([v.correct.cpu() for v in verdicts]), time_s,
+                        dist, stats, notes)
+
+# %% ../nbs/10_evaluate.ipynb #c234
 def evaluate(model: nn.Module, # returns logits for inputs in the threat model's box
              x: torch.Tensor, # uint8 images or floats in the box
              y: torch.Tensor, # labels
@@ -465,57 +542,27 @@ def evaluate(model: nn.Module, # returns logits for inputs in the threat model's
              progress: bool = True, # tqdm progress bar
             ) -> "EvalResult":
     "Robust accuracy of `model` under every attack of `suite`, their per-example worst case, and the masking checks."
-    threat = _as_threat(threat)
-    specs = resolve_suite(suite, threat)
-    _check_data(x, y, threat.box)
-    opts = _check_options(options, specs)
-    for name, v in [("batch_size", batch_size), ("check_n", check_n)] + [("n", n)] * (n is not None) + \
-                   [("aa_subset", aa_subset)] * (aa_subset is not None) + list((subsets or {}).items()):
-        check_int(name, v, lo=1)
-    dev = _device_of(model)
-    want = None if device is None else get_device(device)
-    if want is not None and (want.type != dev.type or (None not in (want.index, dev.index) and want.index != dev.index)):
-        raise ValueError(f"the model is on {dev}, not on {device}: move it first (evaluate never moves a model)")
-    if n is not None: x, y = x[:n], y[:n]
-    total = len(x)
-    was_training = any(m.training for m in model.modules())
-    subsets = {str(k).lower(): int(v) for k, v in (subsets or {}).items()}
-    if set(subsets) - {s.name for s in specs}:
-        raise ValueError(f"subsets for {', '.join(sorted(set(subsets) - {s.name for s in specs}))}, not in the suite "
-                         f"({', '.join(s.name for s in specs)})")
-    limits = {s.name: _limit(s, total, aa_subset, subsets) for s in specs}
-    results: Dict[str, AttackResult] = {}
+    p = _plan(model, x, y, threat, suite, n, aa_subset, subsets, options, batch_size, check_n, device)
+    threat, dev, total = p["threat"], p["dev"], p["total"]
     with frozen_eval(model), Timer(dev) as t_all:
-        with torch.no_grad(): k = model(to_float(x[:1]).to(dev)).shape[1]
-        if int(y.min()) < 0 or int(y.max()) >= k:
-            raise ValueError(f"labels must be in [0, {k}) for a model with {k} outputs, got [{int(y.min())}, {int(y.max())}]")
-        bs = {s.name: s.batch_size or batch_size for s in specs}
-        bar = tqdm(total=sum(math.ceil(limits[s.name] / bs[s.name]) for s in specs), desc="evaluate",
+        k = _num_classes(model, p["x"], p["y"], dev)
+        bar = tqdm(total=sum(math.ceil(p["limits"][s.name] / p["bs"][s.name]) for s in p["specs"]), desc="evaluate",
                    disable=not progress, leave=False)
-        for spec in specs:
-            bar.set_description(spec.name)
-            verdicts = []
-            with Timer(dev) as t:
-                for i in range(0, limits[spec.name], bs[spec.name]):
-                    j = min(i + bs[spec.name], limits[spec.name])
-                    xb, yb = to_float(x[i:j]).to(dev), y[i:j].to(dev).long()
-                    index = torch.arange(i, j, device=dev)
-                    verdicts.append(spec.run(model, xb, yb, threat, seed, index, **opts.get(spec.name, {})))
-                    bar.update(1)
-            stats, notes, dist = _summarize(spec, verdicts, limits[spec.name], threat.box[1] - threat.box[0])
-            results[spec.name] = AttackResult(spec.name, spec.title, spec.kind,
-                                              torch.cat([v.correct.cpu() for v in verdicts]), t.elapsed, dist, stats, notes)
+        ran = _run_attacks(model, p, seed, 0, total, bar)
         bar.close()
+        width = threat.box[1] - threat.box[0]
+        results = {s.name: _row(s, *ran[s.name], width) for s in p["specs"]}
         worst = worst_case(list(results.values()))
         found = []
         if checks:
             from robustnb.masking import masking_checks  # at call time: robustnb.masking builds on this module
-            found = masking_checks(model, x, y, threat, results=results, n=check_n, seed=seed, batch_size=batch_size,
-                                   config=check_config, was_training=was_training)
+            found = masking_checks(model, p["x"], p["y"], threat, results=results, n=check_n, seed=seed,
+                                   batch_size=batch_size, config=check_config, was_training=p["was_training"])
     meta = dict(seed=seed, device=str(dev), num_classes=k, batch_size=batch_size, aa_subset=aa_subset, time_s=t_all.elapsed,
                 versions=_versions())
     return EvalResult(threat, total, results, worst, found, meta)
 
+# %% ../nbs/10_evaluate.ipynb #c364
 def _versions() -> Dict[str, str]:
     import robustnb
     v = dict(torch=torch.__version__, robustnb=getattr(robustnb, "__version__", "?"))
@@ -525,7 +572,7 @@ def _versions() -> Dict[str, str]:
     except ImportError: pass
     return v
 
-# %% ../nbs/10_evaluate.ipynb #c039
+# %% ../nbs/10_evaluate.ipynb #cc67
 EVAL_JSON, EVAL_MD = "eval.json", "eval.md" # what EvalResult.save writes into a run directory (layout: robustnb.runs)
 EVAL_FILES = (EVAL_JSON, EVAL_MD)
 _TRUSTED = ("aa", "aa_fast", "apgd-ce", "apgd-dlr", "square", "rays") # official or gradient-free attacks, most complete first
@@ -549,6 +596,7 @@ def headline(results: Dict[str, AttackResult], # the rows of an evaluation
     else: label = f"{top}, worst case of {k} attack{'s' if k > 1 else ''}"
     return dict(robust_acc=worst.accuracy, n=worst.n, label=label, attacks=attacks, clean_acc=clean, flags=list(flags))
 
+# %% ../nbs/10_evaluate.ipynb #cdaa
 def headline_text(h: Dict[str, Any]) -> str:
     "One line for people: 'robust 41.00 % (AutoAttack standard, worst case of 5 attacks; 500 examples)'."
     if h.get("robust_acc") is None: return h["label"]
@@ -556,6 +604,17 @@ def headline_text(h: Dict[str, Any]) -> str:
     return (f"robust {100 * h['robust_acc']:.2f} % ({h['label']}; {h['n']} examples)"
             + (f"; {len(fl)} check{'s' if len(fl) > 1 else ''} flagged: {', '.join(fl)}" if fl else ""))
 
+# %% ../nbs/10_evaluate.ipynb #cfb8
+def _row_note(r: AttackResult) -> str:
+    s = r.stats
+    parts = []
+    if "adbd" in s: parts.append(f"ADBD {s['adbd']:.4f}" + (f" ({s['not_found']} not found)" if s["not_found"] else ""))
+    if "median_l2" in s: parts.append(f"median L2 {s['median_l2']:.3g}")
+    if "after" in s: parts.append("after " + ", ".join(f"{a} {100 * v:.2f}" for a, v in s["after"].items()))
+    if r.notes: parts.append(f"{len(r.notes)} warning(s), see {EVAL_JSON}")
+    return "; ".join(parts)
+
+# %% ../nbs/10_evaluate.ipynb #c1a8
 @dataclass
 class EvalResult:
     "An evaluation: one row per attack, the per-example worst case, the gradient-masking checks."
@@ -614,11 +673,195 @@ class EvalResult:
         atomic_write_text(out / EVAL_MD, self.to_markdown())
         return out / EVAL_JSON, out / EVAL_MD
 
-def _row_note(r: AttackResult) -> str:
-    s = r.stats
-    parts = []
-    if "adbd" in s: parts.append(f"ADBD {s['adbd']:.4f}" + (f" ({s['not_found']} not found)" if s["not_found"] else ""))
-    if "median_l2" in s: parts.append(f"median L2 {s['median_l2']:.3g}")
-    if "after" in s: parts.append("after " + ", ".join(f"{a} {100 * v:.2f}" for a, v in s["after"].items()))
-    if r.notes: parts.append(f"{len(r.notes)} warning(s), see {EVAL_JSON}")
-    return "; ".join(parts)
+# %% ../nbs/10_evaluate.ipynb #c13e
+def shard_bounds(total: int, # examples of the whole evaluation
+                 shards: int, # number of shards
+                 fixed: Sequence[Tuple[int, int]] = (), # (batch, limit) of every attack run in fixed chunks (AutoAttack)
+                ) -> List[int]:
+    "The `shards + 1` boundaries of contiguous, near-equal shards that never cut a fixed chunk below its attack's limit."
+    check_int("shards", shards, lo=1)
+    cuts = [c for c in range(1, total) if all(c >= lim or c % b == 0 for b, lim in fixed)]
+    if len(cuts) < shards - 1:
+        raise ValueError(f"{total} examples split into at most {len(cuts) + 1} shard{'s' * bool(cuts)} here (AutoAttack "
+                         f"runs in chunks of {', '.join(str(b) for b, _ in fixed) or '-'} examples, which a shard may not "
+                         f"cut), not {shards}")
+    bounds, j = [0], 0
+    for i in range(1, shards):
+        ideal = i * total / shards
+        j = min(range(j, len(cuts) - (shards - 1 - i)), key=lambda t: (abs(cuts[t] - ideal), t))
+        bounds.append(cuts[j]); j += 1
+    return bounds + [total]
+
+# %% ../nbs/10_evaluate.ipynb #c3eb
+EVAL_SHARD = "eval-shard-{shard}-of-{shards}.json" # a shard's result file in a run directory (merged into EVAL_JSON)
+SHARD_FORMAT = "robustnb-eval-shard-1" # the format tag of a shard file
+
+def _jsonable(d):
+    "`d` as it reads back from JSON (tuples become lists, non-finite floats None)."
+    return json.loads(json.dumps(_json_num(d)))
+
+def _verdict_to_dict(v: BatchVerdict) -> Dict[str, Any]:
+    return dict(correct=v.correct.int().tolist(), dist=None if v.dist is None else _json_num(v.dist.float().tolist()),
+                counts=v.counts, notes=v.notes)
+
+def _verdict_from_dict(d: Dict[str, Any]) -> BatchVerdict:
+    dist = None if d["dist"] is None else torch.tensor([math.inf if u is None else u for u in d["dist"]])
+    return BatchVerdict(torch.tensor(d["correct"], dtype=torch.bool), dist, d["counts"], list(d["notes"]))
+
+# %% ../nbs/10_evaluate.ipynb #ca5c
+@dataclass
+class EvalShard:
+    "Shard `shard` of `shards` of an evaluation: every attack's per-example verdicts on the examples `start..stop-1`."
+    shard: int # which shard (0-based, like a job-array index or a torchrun rank)
+    shards: int # how many shards the evaluation is split into
+    start: int # its first example (index in the evaluated set)
+    stop: int # one past its last example
+    config: Dict[str, Any] # everything the shards of one evaluation must agree on (JSON values)
+    rows: Dict[str, BatchVerdict] # per attack: the verdicts of its examples start, start+1, ... below its limit
+    times: Dict[str, float] # per attack: wall time on this shard
+    checks: List[Check] = field(default_factory=list) # shard 0: the gradient-masking checks; the others: none
+    meta: Dict[str, Any] = field(default_factory=dict) # device, time, versions
+
+    def to_dict(self) -> Dict[str, Any]:
+        "The JSON record: per attack, its verdicts (1 = the model is right at the attack's point) by example index."
+        return dict(format=SHARD_FORMAT, shard=self.shard, shards=self.shards, start=self.start, stop=self.stop,
+                    config=self.config, times=_json_num(self.times), checks=[c.to_dict() for c in self.checks],
+                    meta=_json_num(self.meta),
+                    rows={k: dict(start=self.start, **_verdict_to_dict(v)) for k, v in self.rows.items()})
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "EvalShard":
+        if d.get("format") != SHARD_FORMAT: raise ValueError(f"not an evaluation shard (format {d.get('format')!r})")
+        return cls(d["shard"], d["shards"], d["start"], d["stop"], d["config"],
+                   {k: _verdict_from_dict(v) for k, v in d["rows"].items()}, d["times"],
+                   [Check(**c) for c in d["checks"]], d["meta"])
+
+    def save(self, path: Union[str, Path]) -> Path:
+        "Write the shard file atomically; `path` may be a directory (then the file is named `EVAL_SHARD`)."
+        path = Path(path)
+        if path.is_dir(): path = path / EVAL_SHARD.format(shard=self.shard, shards=self.shards)
+        atomic_write_text(path, json.dumps(self.to_dict()))
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "EvalShard": return cls.from_dict(json.loads(Path(path).read_text()))
+
+# %% ../nbs/10_evaluate.ipynb #ccf7
+def _join(vs: List[BatchVerdict]) -> BatchVerdict:
+    "The batch verdicts of consecutive examples as one (AutoAttack's counts summed, the warnings kept once, in order)."
+    return BatchVerdict(torch.cat([v.correct.cpu() for v in vs]),
+                        None if vs[0].dist is None else torch.cat([v.dist.float().cpu() for v in vs]),
+                        None if vs[0].counts is None else {a: sum(v.counts[a] for v in vs) for a in vs[0].counts},
+                        list(dict.fromkeys(msg for v in vs for msg in v.notes)))
+
+# %% ../nbs/10_evaluate.ipynb #c4aa
+def _fixed_chunks(p: Dict[str, Any]) -> List[Tuple[int, int]]:
+    "(batch, limit) of the plan's attacks that run in fixed chunks (AutoAttack draws its starts per chunk)."
+    return [(s.batch_size, p["limits"][s.name]) for s in p["specs"] if s.batch_size]
+
+def evaluate_shard(model: nn.Module, # returns logits for inputs in the threat model's box
+                   x: torch.Tensor, # the WHOLE evaluated set (uint8 images or floats in the box): every shard gets it all
+                   y: torch.Tensor, # labels
+                   threat: Union[ThreatModel, Tuple[str, float]], # the threat model, or (norm, eps)
+                   suite: Union[str, Sequence[str]] = "quick", # a name in SUITES or a list of attack names
+                   *,
+                   shard: int, # which shard, 0 <= shard < shards
+                   shards: int, # how many shards
+                   n: Optional[int] = None, # as in `evaluate`, and so are all the others
+                   aa_subset: Optional[int] = None,
+                   subsets: Optional[Dict[str, int]] = None,
+                   options: Optional[Dict[str, Dict[str, Any]]] = None,
+                   batch_size: int = 250,
+                   seed: int = 0,
+                   device=None,
+                   checks: bool = True, # shard 0 runs the gradient-masking checks (on the first check_n examples)
+                   check_n: int = 200,
+                   check_config: Optional["CheckConfig"] = None,
+                   progress: bool = True,
+                  ) -> EvalShard:
+    "`evaluate` on shard `shard` of `shards` of the examples only: per-example verdicts, to be combined by `merge_shards`."
+    p = _plan(model, x, y, threat, suite, n, aa_subset, subsets, options, batch_size, check_n, device)
+    check_int("shards", shards, lo=1); check_int("shard", shard, lo=0, hi=shards - 1)
+    threat, dev, total = p["threat"], p["dev"], p["total"]
+    bounds = shard_bounds(total, shards, _fixed_chunks(p))
+    lo, hi = bounds[shard], bounds[shard + 1]
+    with frozen_eval(model), Timer(dev) as t_all:
+        k = _num_classes(model, p["x"], p["y"], dev)
+        bar = tqdm(total=sum(len(_grid(lo, min(hi, p["limits"][s.name]), p["bs"][s.name])) for s in p["specs"]),
+                   desc=f"shard {shard}", disable=not progress, leave=False)
+        ran = _run_attacks(model, p, seed, lo, hi, bar)
+        bar.close()
+        found = []
+        if checks and shard == 0:  # the checks see the suite's verdicts on their examples, as in `evaluate`
+            m = min(check_n, total)
+            top = next(c for c in range(m, total + 1)  # the first cut at or above m that splits no fixed chunk
+                       if c == total or all(c >= lim or c % b == 0 for b, lim in _fixed_chunks(p)))
+            more = _run_attacks(model, p, seed, hi, top) if top > hi else {}
+            width = threat.box[1] - threat.box[0]
+            results = {s.name: _row(s, ran[s.name][0] + (more[s.name][0] if more else []), 0.0, width)
+                       for s in p["specs"] if ran[s.name][0]}
+            from robustnb.masking import masking_checks
+            found = masking_checks(model, p["x"], p["y"], threat, results=results, n=check_n, seed=seed,
+                                   batch_size=batch_size, config=check_config, was_training=p["was_training"])
+    rows = {name: _join(vs) for name, (vs, _) in ran.items() if vs}
+    from dataclasses import asdict
+    config = _jsonable(dict(threat=dict(norm=threat.norm.value, eps=threat.eps, box=list(threat.box)), n=total,
+                            suite=[s.name for s in p["specs"]], limits=p["limits"], bounds=bounds, seed=seed,
+                            batch_size=batch_size, aa_subset=aa_subset, options=p["opts"], num_classes=k, checks=checks,
+                            check_n=check_n, check_config=None if check_config is None else asdict(check_config)))
+    meta = dict(device=str(dev), time_s=t_all.elapsed, versions=_versions())
+    return EvalShard(shard, shards, lo, hi, config, rows, {name: t for name, (_, t) in ran.items()}, found, meta)
+
+# %% ../nbs/10_evaluate.ipynb #caa8
+_DATA_CHECKS = ("autoattack", "whitebox_gap") # the checks computed from the suite's verdicts alone: merge_shards redoes them
+
+def _data_checks(results: Dict[str, AttackResult], cfg: "CheckConfig") -> List[Check]:
+    "The checks of `masking_checks` that read only the suite's rows (AutoAttack's warnings, the white-box gap)."
+    from robustnb.masking import _check_whitebox_gap
+    out = []
+    aa_notes = [f"{r.name}: {msg}" for r in results.values() for msg in r.notes if r.name in ("aa", "aa_fast", "square")
+                and not msg.startswith("note:")]
+    if any(r in results for r in ("aa", "aa_fast", "square")):
+        out.append(Check("autoattack", bool(aa_notes), aa_notes[0] if aa_notes else "AutoAttack's own checks raised no warning",
+                         dict(warnings=aa_notes)))
+    gap = _check_whitebox_gap(results, cfg)
+    return out + ([gap] if gap is not None else [])
+
+# %% ../nbs/10_evaluate.ipynb #ca3a
+def merge_shards(shards: Sequence[Union[EvalShard, str, Path]], # every shard of one evaluation (objects or shard files)
+                ) -> "EvalResult":
+    "The `EvalResult` of the whole evaluation from its shards: rows, worst case and checks as `evaluate` gives them."
+    sh = [s if isinstance(s, EvalShard) else EvalShard.load(s) for s in shards]
+    if not sh: raise ValueError("merge_shards needs the shards of an evaluation, got none")
+    k = sh[0].shards
+    if any(s.shards != k for s in sh):
+        raise ValueError(f"shards of different splits: {sorted({s.shards for s in sh})} shards")
+    have = sorted(s.shard for s in sh)
+    missing, twice = sorted(set(range(k)) - set(have)), sorted({i for i in have if have.count(i) > 1})
+    if twice: raise ValueError(f"shard {', '.join(map(str, twice))} of {k} given twice")
+    if missing: raise ValueError(f"shard {', '.join(map(str, missing))} of {k} missing: every shard must have run")
+    sh = sorted(sh, key=lambda s: s.shard)
+    cfg0 = sh[0].config
+    for s in sh[1:]:
+        diff = [key for key in dict.fromkeys(list(cfg0) + list(s.config)) if cfg0.get(key) != s.config.get(key)]
+        if diff: raise ValueError(f"shards disagree in config: {diff[0]} is {cfg0.get(diff[0])!r} in shard 0 and "
+                                  f"{s.config.get(diff[0])!r} in shard {s.shard}: they are not one evaluation")
+    if [(s.start, s.stop) for s in sh] != list(zip(cfg0["bounds"], cfg0["bounds"][1:])):
+        raise ValueError(f"the shards' example ranges {[(s.start, s.stop) for s in sh]} do not match their split")
+    th = cfg0["threat"]
+    threat = ThreatModel(th["norm"], th["eps"], tuple(th["box"]))
+    results = {}
+    for name in cfg0["suite"]:
+        spec = get_eval_attack(name)
+        results[name] = _row(spec, [s.rows[name] for s in sh if name in s.rows], sum(s.times[name] for s in sh),
+                             threat.box[1] - threat.box[0])
+    worst = worst_case(list(results.values()))
+    checks = []
+    if cfg0["checks"]:
+        from robustnb.masking import CheckConfig
+        cc = CheckConfig(**{a: tuple(v) if isinstance(v, list) else v for a, v in (cfg0["check_config"] or {}).items()})
+        checks = [c for c in sh[0].checks if c.name not in _DATA_CHECKS] + _data_checks(results, cc)
+    meta = dict(seed=cfg0["seed"], device=", ".join(dict.fromkeys(s.meta["device"] for s in sh)),
+                num_classes=cfg0["num_classes"], batch_size=cfg0["batch_size"], aa_subset=cfg0["aa_subset"],
+                time_s=sum(s.meta["time_s"] for s in sh), versions=sh[0].meta["versions"], shards=k)
+    return EvalResult(threat, cfg0["n"], results, worst, checks, meta)

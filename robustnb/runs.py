@@ -19,12 +19,13 @@ from torch import nn
 from .core import ThreatModel, atomic_path, atomic_write_text, get_device, load_error, safe_load
 from .data import get_data
 from .models import get_model
-from .evaluate import EVAL_FILES, EVAL_JSON, EVAL_MD, EvalResult, _json_num, evaluate
+from .evaluate import (EVAL_FILES, EVAL_JSON, EVAL_MD, EVAL_SHARD, EvalResult, EvalShard, _json_num, evaluate,
+                               evaluate_shard, merge_shards)
 
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'HISTORY_FILE', 'METRICS_FILE', 'MODEL_FILE', 'CHECKPOINT_FILE', 'CURVES_FILE', 'RUN_FILES',
            'LOCK_FILE', 'MODEL_FORMAT', 'RunLocked', 'RunLock', 'save_run_model', 'load_run_model', 'evaluate_run',
-           'compare_rows', 'compare']
+           'shard_files', 'merge_run_shards', 'compare_rows', 'compare']
 
 # %% ../nbs/10d_runs.ipynb #r005
 CONFIG_FILE, HISTORY_FILE, METRICS_FILE = "config.json", "history.jsonl", "metrics.json"
@@ -96,7 +97,7 @@ class RunLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
-# %% ../nbs/10d_runs.ipynb #r013
+# %% ../nbs/10d_runs.ipynb #c759
 def _read_json(path: Path) -> Dict[str, Any]:
     if not path.exists(): raise FileNotFoundError(f"{path} is missing: is {path.parent} a run directory written by robustnb.train.fit?")
     return json.loads(path.read_text())
@@ -109,6 +110,7 @@ def save_run_model(path: Union[str, Path], # where model.pt goes
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp: torch.save(dict(format=MODEL_FORMAT, config=config, state_dict=state), tmp)
 
+# %% ../nbs/10d_runs.ipynb #c0da
 def load_run_model(run_dir: Union[str, Path], # a run directory written by robustnb.train.fit
                    device="cpu", # where the model goes
                   ) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -128,7 +130,22 @@ def load_run_model(run_dir: Union[str, Path], # a run directory written by robus
         raise ValueError(f"{path} does not hold weights of a {cfg['arch']} for {cfg['dataset']}: {e}") from None
     return model.to(get_device(device)).eval(), cfg
 
-# %% ../nbs/10d_runs.ipynb #c049
+# %% ../nbs/10d_runs.ipynb #cf0e
+def _run_meta(run_dir: Path, cfg: Dict[str, Any], metrics: Dict[str, Any]) -> Dict[str, Any]:
+    return dict(run=str(run_dir), method=cfg.get("method"), dataset=cfg["dataset"], arch=cfg["arch"],
+                train_time_s=metrics.get("train_time_s"), grad_evals_per_sample=metrics.get("grad_evals_per_sample"))
+
+def _save_eval(run_dir: Path, res: EvalResult, cfg: Dict[str, Any]) -> EvalResult:
+    "Write `eval.json` and `eval.md`, and make the evaluation's worst case the run's headline in `metrics.json`."
+    metrics = _read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else {}
+    res.meta.update(_run_meta(run_dir, cfg, metrics))
+    res.save(run_dir)
+    if metrics:  # the run's headline becomes this evaluation's worst case
+        metrics.update(headline=res.headline, headline_source=EVAL_JSON)
+        atomic_write_text(run_dir / METRICS_FILE, json.dumps(_json_num(metrics), indent=2))
+    return res
+
+# %% ../nbs/10d_runs.ipynb #c0cd
 def evaluate_run(run_dir: Union[str, Path], # a run directory written by robustnb.train.fit
                  suite: Union[str, Sequence[str]] = "quick", # a name in SUITES or a list of attack names
                  n: Optional[int] = 1000, # test examples (None or 0: the whole test set)
@@ -141,26 +158,56 @@ def evaluate_run(run_dir: Union[str, Path], # a run directory written by robustn
                  check_n: int = 200, # examples of the checks
                  options: Optional[Dict[str, Dict[str, Any]]] = None, # per-attack options
                  progress: bool = True, # tqdm progress bar
-                ) -> EvalResult:
-    "Evaluate the model of a run on its test set under its threat model; write `eval.json` and `eval.md` there."
+                 shard: Optional[int] = None, # evaluate only this shard of the examples (0-based; None: all of them)
+                 shards: int = 1, # how many shards the evaluation is split into (with `shard`)
+                ) -> Union[EvalResult, EvalShard]:
+    "Evaluate the model of a run on its test set under its threat model; write `eval.json` and `eval.md` (or a shard file) there."
     run_dir = Path(run_dir)
     model, cfg = load_run_model(run_dir, device)
-    metrics = _read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else {}
     data = get_data(cfg["dataset"], root=cfg.get("root"))
     x, y = data.x_test, data.y_test
     if n: x, y = x[:n], y[:n]
-    res = evaluate(model, x, y, ThreatModel(cfg.get("norm", "Linf"), cfg["eps"]), suite, aa_subset=aa_subset,
-                   options=options, batch_size=batch_size, seed=cfg.get("seed", 0) if seed is None else seed,
-                   checks=checks, check_n=check_n, progress=progress)
-    res.meta.update(run=str(run_dir), method=cfg.get("method"), dataset=cfg["dataset"], arch=cfg["arch"],
-                    train_time_s=metrics.get("train_time_s"), grad_evals_per_sample=metrics.get("grad_evals_per_sample"))
-    res.save(run_dir)
-    if metrics:  # the run's headline becomes this evaluation's worst case
-        metrics.update(headline=res.headline, headline_source=EVAL_JSON)
-        atomic_write_text(run_dir / METRICS_FILE, json.dumps(_json_num(metrics), indent=2))
-    return res
+    kw = dict(aa_subset=aa_subset, options=options, batch_size=batch_size, seed=cfg.get("seed", 0) if seed is None else seed,
+              checks=checks, check_n=check_n, progress=progress)
+    threat = ThreatModel(cfg.get("norm", "Linf"), cfg["eps"])
+    if shard is not None:
+        part = evaluate_shard(model, x, y, threat, suite, shard=shard, shards=shards, **kw)
+        part.save(run_dir)
+        return part
+    return _save_eval(run_dir, evaluate(model, x, y, threat, suite, **kw), cfg)
 
-# %% ../nbs/10d_runs.ipynb #c050
+# %% ../nbs/10d_runs.ipynb #cf83
+_SHARD_RE = re.compile(EVAL_SHARD.format(shard=r"(\d+)", shards=r"(\d+)").replace(".", r"\."))
+
+def shard_files(run_dir: Union[str, Path]) -> Dict[int, Dict[int, Path]]:
+    "The evaluation shard files of a run directory: {shards: {shard: path}}."
+    out: Dict[int, Dict[int, Path]] = {}
+    for p in sorted(Path(run_dir).iterdir()):
+        m = _SHARD_RE.fullmatch(p.name)
+        if m: out.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    return out
+
+# %% ../nbs/10d_runs.ipynb #c5d5
+def merge_run_shards(run_dir: Union[str, Path], # a run directory where `evaluate_run(..., shard=i, shards=k)` ran for every i
+                    ) -> EvalResult:
+    "Merge a run's evaluation shards into `eval.json` and `eval.md` (and its headline), once every shard has run."
+    run_dir = Path(run_dir)
+    cfg = _read_json(run_dir / CONFIG_FILE)
+    found = shard_files(run_dir)
+    if not found: raise FileNotFoundError(f"no evaluation shard ({EVAL_SHARD.format(shard='i', shards='k')}) in {run_dir}: "
+                                          "run evaluate_run(run_dir, ..., shard=i, shards=k) for every i first")
+    if len(found) > 1:
+        raise ValueError(f"{run_dir} holds shards of {len(found)} different splits ({', '.join(f'{k} shards' for k in found)}): "
+                         "remove the files of the split you do not want")
+    (k, files), = found.items()
+    missing = [i for i in range(k) if i not in files]
+    if missing:
+        raise FileNotFoundError(f"shard {', '.join(map(str, missing))} of {k} missing in {run_dir} "
+                                f"({', '.join(EVAL_SHARD.format(shard=i, shards=k) for i in missing)}): run "
+                                f"evaluate_run(..., shard=i, shards={k}) for {'it' if len(missing) == 1 else 'them'} first")
+    return _save_eval(run_dir, merge_shards([files[i] for i in range(k)]), cfg)
+
+# %% ../nbs/10d_runs.ipynb #c2e1
 def _strongest_pgd(acc: Dict[str, float]) -> Tuple[Optional[str], Optional[float]]:
     pgds = [(int(m.group(1)), k) for k in acc for m in [re.fullmatch(r"pgd(\d+)", k)] if m]
     if not pgds: return None, None
@@ -188,6 +235,29 @@ def compare_rows(run_dirs: Sequence[Union[str, Path]]) -> List[Dict[str, Any]]:
                          flags=ev["flags"] if ev else None, n=ev["n"] if ev else met.get("n_test")))
     return rows
 
+# %% ../nbs/10d_runs.ipynb #c232
+def _official(label: Optional[str]) -> bool:
+    "Whether a headline's label names an official attack (an in-house-only label mentions AutoAttack only to say it did not run)."
+    return bool(label) and not label.startswith("in-house attacks only") and any(k in label for k in ("AutoAttack", "APGD", "Square"))
+
+def _scatter(rows: List[Dict[str, Any]], path: Path):
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in rows:
+        rob = r["headline"]
+        if rob is None or r["train_time_s"] is None: continue
+        ax.scatter(r["train_time_s"], 100 * rob, marker="o" if _official(r["headline_label"]) else "s")
+        ax.annotate(f"{r['method']} ({r['run']})", (r["train_time_s"], 100 * rob), fontsize=8,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("training time (s)"); ax.set_ylabel("headline robust accuracy (%)\n[o with official attacks, □ in-house only]")
+    ax.set_title("robustness vs training time", fontsize=10); ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+# %% ../nbs/10d_runs.ipynb #ccf8
 def _fmt(v, pct=True, nd=2) -> str:
     if v is None: return "–"
     return f"{100 * v:.{nd}f}" if pct else f"{v:.{nd}f}"
@@ -215,21 +285,3 @@ def compare(run_dirs: Sequence[Union[str, Path]], # run directories (with metric
     path = Path(out) if out is not None else Path(run_dirs[0]).parent / "compare.png"
     _scatter(rows, path)
     return table, path
-
-def _scatter(rows: List[Dict[str, Any]], path: Path):
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for r in rows:
-        rob = r["headline"]
-        if rob is None or r["train_time_s"] is None: continue
-        official = any(k in (r["headline_label"] or "") for k in ("AutoAttack", "APGD"))
-        ax.scatter(r["train_time_s"], 100 * rob, marker="o" if official else "s")
-        ax.annotate(f"{r['method']} ({r['run']})", (r["train_time_s"], 100 * rob), fontsize=8,
-                    textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("training time (s)"); ax.set_ylabel("headline robust accuracy (%)\n[o with official attacks, □ in-house only]")
-    ax.set_title("robustness vs training time", fontsize=10); ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
