@@ -813,19 +813,10 @@ def evaluate_shard(model: nn.Module, # returns logits for inputs in the threat m
     return EvalShard(shard, shards, lo, hi, config, rows, {name: t for name, (_, t) in ran.items()}, found, meta)
 
 # %% ../nbs/10_evaluate.ipynb #caa8
-_DATA_CHECKS = ("autoattack", "whitebox_gap") # the checks computed from the suite's verdicts alone: merge_shards redoes them
-
-def _data_checks(results: Dict[str, AttackResult], cfg: "CheckConfig") -> List[Check]:
-    "The checks of `masking_checks` that read only the suite's rows (AutoAttack's warnings, the white-box gap)."
-    from robustnb.masking import _check_whitebox_gap
-    out = []
-    aa_notes = [f"{r.name}: {msg}" for r in results.values() for msg in r.notes if r.name in ("aa", "aa_fast", "square")
-                and not msg.startswith("note:")]
-    if any(r in results for r in ("aa", "aa_fast", "square")):
-        out.append(Check("autoattack", bool(aa_notes), aa_notes[0] if aa_notes else "AutoAttack's own checks raised no warning",
-                         dict(warnings=aa_notes)))
-    gap = _check_whitebox_gap(results, cfg)
-    return out + ([gap] if gap is not None else [])
+def _row_checks(results: Dict[str, AttackResult], cfg: "CheckConfig") -> Tuple[Tuple[str, ...], List[Check]]:
+    "The names of the rows-only masking checks and their values on `results` (`row_checks` of `10a_masking`)."
+    from robustnb.masking import ROW_CHECKS, row_checks  # at call time: robustnb.masking builds on this module
+    return ROW_CHECKS, row_checks(results, cfg)
 
 # %% ../nbs/10_evaluate.ipynb #ca3a
 def merge_shards(shards: Sequence[Union[EvalShard, str, Path]], # every shard of one evaluation (objects or shard files)
@@ -860,7 +851,8 @@ def merge_shards(shards: Sequence[Union[EvalShard, str, Path]], # every shard of
     if cfg0["checks"]:
         from robustnb.masking import CheckConfig
         cc = CheckConfig(**{a: tuple(v) if isinstance(v, list) else v for a, v in (cfg0["check_config"] or {}).items()})
-        checks = [c for c in sh[0].checks if c.name not in _DATA_CHECKS] + _data_checks(results, cc)
+        names, again = _row_checks(results, cc)
+        checks = [c for c in sh[0].checks if c.name not in names] + again
     meta = dict(seed=cfg0["seed"], device=", ".join(dict.fromkeys(s.meta["device"] for s in sh)),
                 num_classes=cfg0["num_classes"], batch_size=cfg0["batch_size"], aa_subset=cfg0["aa_subset"],
                 time_s=sum(s.meta["time_s"] for s in sh), versions=sh[0].meta["versions"], shards=k)

@@ -21,7 +21,7 @@ from .evaluate import (AttackResult, Check, _as_threat, _check_data, _device_of,
                                _run_rays, autoattack, frozen_eval)
 
 # %% auto #0
-__all__ = ['CheckConfig', 'masking_checks', 'QuantizeInput', 'ScaleLogits', 'SoftmaxOutput']
+__all__ = ['ROW_CHECKS', 'CheckConfig', 'row_checks', 'masking_checks', 'QuantizeInput', 'ScaleLogits', 'SoftmaxOutput']
 
 # %% ../nbs/10a_masking.ipynb #c535
 @dataclass(frozen=True)
@@ -179,6 +179,22 @@ def _check_blackbox(name: str, bb: torch.Tensor, white: torch.Tensor, cfg: Check
     if only > _tol(cfg, m): return Check("blackbox", True, txt + f" (tolerance {_pct(_tol(cfg, m))}): gradients mislead", d)
     return Check("blackbox", False, txt, d)
 
+# %% ../nbs/10a_masking.ipynb #c1e0
+ROW_CHECKS = ("autoattack", "whitebox_gap") # the checks computed from the suite's rows alone
+
+def row_checks(results: Dict[str, AttackResult], # the suite's rows, by attack name
+               cfg: CheckConfig, # thresholds (the white-box gap's)
+              ) -> List[Check]: # AutoAttack's warnings (when an official attack ran) and the white-box gap (when it applies)
+    "The masking checks that read only the suite's rows: AutoAttack's own warnings and the white-box gap."
+    out = []
+    aa_notes = [f"{r.name}: {msg}" for r in results.values() for msg in r.notes if r.name in ("aa", "aa_fast", "square")
+                and not msg.startswith("note:")]
+    if any(r in results for r in ("aa", "aa_fast", "square")):
+        out.append(Check("autoattack", bool(aa_notes), aa_notes[0] if aa_notes else "AutoAttack's own checks raised no warning",
+                         dict(warnings=aa_notes)))
+    gap = _check_whitebox_gap(results, cfg)
+    return out + ([gap] if gap is not None else [])
+
 # %% ../nbs/10a_masking.ipynb #c032
 def masking_checks(model: nn.Module, # returns logits
                    x: torch.Tensor, y: torch.Tensor, # data (uint8 or floats in the box) and labels
@@ -233,14 +249,7 @@ def masking_checks(model: nn.Module, # returns logits
             out.append(max(checks, key=lambda c: c.details["blackbox_only"]))
         else:
             out.append(Check("blackbox", False, "skipped: no black-box attack applies to these inputs"))
-    aa_notes = [f"{r.name}: {msg}" for r in results.values() for msg in r.notes if r.name in ("aa", "aa_fast", "square")
-                and not msg.startswith("note:")]
-    if any(r in results for r in ("aa", "aa_fast", "square")):
-        out.append(Check("autoattack", bool(aa_notes), aa_notes[0] if aa_notes else "AutoAttack's own checks raised no warning",
-                         dict(warnings=aa_notes)))
-    gap = _check_whitebox_gap(results, cfg)
-    if gap is not None: out.append(gap)
-    return out
+    return out + row_checks(results, cfg)
 
 # %% ../nbs/10a_masking.ipynb #c034
 class QuantizeInput(nn.Module):
