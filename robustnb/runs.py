@@ -123,7 +123,7 @@ def load_run_model(run_dir: Union[str, Path], # a run directory written by robus
     try: obj = safe_load(path)  # tensors and plain values only: no code runs
     except Exception as e: raise ValueError(f"{path} cannot be read safely as a model file ({load_error(e)})") from None
     if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT: cfg, state = obj["config"], obj["state_dict"]
-    else: cfg, state = _read_json(run_dir / CONFIG_FILE), obj  # a wave-1 model.pt: bare weights beside config.json
+    else: cfg, state = _read_json(run_dir / CONFIG_FILE), obj  # a first-format model.pt: bare weights beside config.json
     model = get_model(cfg["arch"], dataset=cfg["dataset"])
     try: model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
