@@ -26,9 +26,9 @@ from .runs import CONFIG_FILE, METRICS_FILE, RunLock
 from .train import asset, config_json, make_config
 
 # %% auto #0
-__all__ = ['SCALES', 'METRICS', 'STATES', 'CLUSTERS', 'Run', 'Experiment', 'experiments_dir', 'list_experiments',
-           'load_experiment', 'run_state', 'execute_run', 'make_executor', 'Outcome', 'run_experiment', 'results',
-           'reported_for', 'results_table', 'report', 'main']
+__all__ = ['SCALES', 'METRICS', 'STATES', 'KERNEL_START_S', 'CLUSTERS', 'Run', 'Experiment', 'experiments_dir',
+           'list_experiments', 'load_experiment', 'run_state', 'execute_run', 'make_executor', 'Outcome',
+           'run_experiment', 'results', 'reported_for', 'results_table', 'report', 'main']
 
 # %% ../nbs/12_experiments.ipynb #e006
 @dataclass
@@ -175,6 +175,8 @@ def _cli_args(params: Dict[str, Any]) -> List[str]:
         out += [f"--{k}", ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
     return out
 
+KERNEL_START_S = 600 # seconds papermill waits for a kernel to start (its default, 60, is too short on a loaded machine)
+
 def execute_run(notebook: str, # the training notebook (see asset)
                 output: str, # the executed copy: runs/NAME/RUN.ipynb
                 params: Dict[str, Any], # the run's parameters, out_dir included
@@ -189,7 +191,8 @@ def execute_run(notebook: str, # the training notebook (see asset)
                "robustnb-train", *_cli_args({**params, "eval_suite": "none"}), "--quiet"]
         subprocess.run(cmd, check=True)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(notebook, output, parameters=params, kernel_name=kernel, progress_bar=False)
+    papermill.execute_notebook(notebook, output, parameters=params, kernel_name=kernel, progress_bar=False,
+                               start_timeout=KERNEL_START_S)
     return json.loads((Path(params["out_dir"]) / METRICS_FILE).read_text())
 
 # %% ../nbs/12_experiments.ipynb #e013
@@ -364,6 +367,7 @@ def report(exp: Experiment, # the experiment
     out = exp.folder / f"report-{exp.scale}.ipynb"
     exp.folder.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(asset("report.ipynb")), str(out), kernel_name=kernel, progress_bar=False,
+                               start_timeout=KERNEL_START_S,
                                parameters=dict(experiment=str(exp.spec), scale=exp.scale, root=str(exp.root.resolve())),
                                cwd=str(exp.folder))
     return out

@@ -64,7 +64,7 @@ def test_cli_help_lists_every_knob_with_its_comment_and_defaults():
 
 def test_papermill_run_writes_a_complete_run(tmp_path):
     out_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "papermill", str(TRAIN_NB), str(tmp_path / "out.ipynb"), "-p", "method", "pgd_at",
+    cmd = [sys.executable, "-m", "papermill", "--start-timeout", "600", str(TRAIN_NB), str(tmp_path / "out.ipynb"), "-p", "method", "pgd_at",
            "-p", "epochs", "2", "-p", "steps", "3", "-p", "test_subset", "200", "-p", "aa_subset", "20",
            "-p", "out_dir", str(out_dir)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
@@ -248,7 +248,7 @@ def test_papermill_explicit_default_value_wins_over_the_recipe(tmp_path):
     root = os.environ.get("ROBUSTNB_DATA")
     if not root or not (Path(root) / "MNIST" / "raw").is_dir(): pytest.skip("needs MNIST under $ROBUSTNB_DATA")
     out_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "papermill", str(TRAIN_NB), str(tmp_path / "out.ipynb"), "-p", "recipe",
+    cmd = [sys.executable, "-m", "papermill", "--start-timeout", "600", str(TRAIN_NB), str(tmp_path / "out.ipynb"), "-p", "recipe",
            "trades_mnist_smallcnn", "-p", "eps", "0.1", "-p", "epochs", "1", "-p", "steps", "2",
            "-p", "max_train_samples", "256", "-p", "eval_subset", "32", "-p", "val_attack", "pgd2", "-p", "test_subset",
            "32", "-p", "eval_suite", "none", "-p", "out_dir", str(out_dir), "-p", "root", root]
