@@ -674,13 +674,17 @@ class EvalResult:
         return out / EVAL_JSON, out / EVAL_MD
 
 # %% ../nbs/10_evaluate.ipynb #c13e
+def _can_cut(c: int, fixed: Sequence[Tuple[int, int]]) -> bool:
+    "Whether a shard may end before example `c`: it cuts no fixed chunk below its attack's limit."
+    return all(c >= lim or c % b == 0 for b, lim in fixed)
+
 def shard_bounds(total: int, # examples of the whole evaluation
                  shards: int, # number of shards
                  fixed: Sequence[Tuple[int, int]] = (), # (batch, limit) of every attack run in fixed chunks (AutoAttack)
                 ) -> List[int]:
     "The `shards + 1` boundaries of contiguous, near-equal shards that never cut a fixed chunk below its attack's limit."
     check_int("shards", shards, lo=1)
-    cuts = [c for c in range(1, total) if all(c >= lim or c % b == 0 for b, lim in fixed)]
+    cuts = [c for c in range(1, total) if _can_cut(c, fixed)]
     if len(cuts) < shards - 1:
         raise ValueError(f"{total} examples split into at most {len(cuts) + 1} shard{'s' * bool(cuts)} here (AutoAttack "
                          f"runs in chunks of {', '.join(str(b) for b, _ in fixed) or '-'} examples, which a shard may not "
@@ -795,7 +799,7 @@ def evaluate_shard(model: nn.Module, # returns logits for inputs in the threat m
         if checks and shard == 0:  # the checks see the suite's verdicts on their examples, as in `evaluate`
             m = min(check_n, total)
             top = next(c for c in range(m, total + 1)  # the first cut at or above m that splits no fixed chunk
-                       if c == total or all(c >= lim or c % b == 0 for b, lim in _fixed_chunks(p)))
+                       if c == total or _can_cut(c, _fixed_chunks(p)))
             more = _run_attacks(model, p, seed, hi, top) if top > hi else {}
             width = threat.box[1] - threat.box[0]
             results = {s.name: _row(s, ran[s.name][0] + (more[s.name][0] if more else []), 0.0, width)
