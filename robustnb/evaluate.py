@@ -326,13 +326,22 @@ SUITES: Dict[str, Tuple[str, ...]] = {
              "square", "rays"),
 }
 
-def resolve_suite(suite: Union[str, Sequence[str]], # a name in SUITES, or a list of attack names
+def _suite_part(part: str, threat: ThreatModel, whole: str) -> List[EvalAttack]:
+    "One '+'-separated part of a suite string: a suite's attacks for `threat`, or one attack by name."
+    if part.lower() in SUITES: return [a for a in map(get_eval_attack, SUITES[part.lower()]) if threat.norm.value in a.norms]
+    try: a = get_eval_attack(part)
+    except ValueError:
+        raise ValueError(f"unknown suite {whole!r}: allowed are {', '.join(SUITES)}, or suites and attack names joined "
+                         f"by '+' ({part!r} is neither)") from None
+    if threat.norm.value not in a.norms: raise ValueError(f"{a.name}: not applicable to the {threat.norm.value} threat model")
+    return [a]
+
+def resolve_suite(suite: Union[str, Sequence[str]], # a name in SUITES, names joined by '+' ('standard+pgd40'), or a list of attack names
                   threat: ThreatModel, # the threat model (its norm filters the named suites)
                  ) -> List[EvalAttack]:
     "The attacks of `suite` for `threat`, `clean` first, without duplicates."
     if isinstance(suite, str):
-        if suite.lower() not in SUITES: raise ValueError(f"unknown suite {suite!r}: allowed are {', '.join(SUITES)}")
-        specs = [a for a in map(get_eval_attack, SUITES[suite.lower()]) if threat.norm.value in a.norms]
+        specs = [a for part in suite.split("+") for a in _suite_part(part.strip(), threat, suite)]
     else:
         if not len(suite): raise ValueError("suite is an empty list: name at least one attack")
         specs = [get_eval_attack(s) for s in suite]

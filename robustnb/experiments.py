@@ -39,6 +39,7 @@ class Run:
     line: int
     base: str = "" # the run's name in the spec
     seed: Optional[int] = None
+    home: Optional[Tuple[str, str]] = None # a shared run: (experiment, its run name there), whose folder holds it
 
 # %% ../nbs/12_experiments.ipynb #ca72
 @dataclass
@@ -55,8 +56,9 @@ class Experiment:
     root: Path # runs go to root/name/run
     gpus_per_run: int = 1
 
-    def out_dir(self, run: Run) -> Path: return self.root / self.name / run.name
-    def notebook(self, run: Run) -> Path: return self.root / self.name / f"{run.name}.ipynb"
+    def _where(self, run: Run) -> Tuple[str, str]: return run.home or (self.name, run.name)
+    def out_dir(self, run: Run) -> Path: return self.root.joinpath(*self._where(run))
+    def notebook(self, run: Run) -> Path: return self.root / self._where(run)[0] / f"{self._where(run)[1]}.ipynb"
     @property
     def folder(self) -> Path: return self.root / self.name
 
@@ -100,6 +102,7 @@ def _refuse(path: Path, line: int, what: str) -> ValueError: return ValueError(f
 def load_experiment(name: Union[str, Path], # an experiment's name (see list_experiments) or the path of a spec
                     scale: str = "cpu", # cpu or paper
                     root: Union[str, Path] = "runs", # runs go to root/NAME/RUN
+                    _seen: Tuple[str, ...] = (), # specs being read further up (shared runs): a cycle is refused
                    ) -> Experiment:
     "Read an experiment spec and check every run as a training config; errors name the spec's file and line."
     import yaml
@@ -125,6 +128,9 @@ def load_experiment(name: Union[str, Path], # an experiment's name (see list_exp
                      check_int("gpus_per_run", sc.get("gpus_per_run", 1), lo=1))
     for rname, rparams in (sc.get("runs") or {}).items():
         line = _line(tree, "scales", scale, "runs", rname)
+        if isinstance(rparams, dict) and "shared" in rparams:
+            exp.runs += _shared_runs(path, line, str(rname), rparams, scale, root, _seen + (str(path.resolve()),))
+            continue
         for seed in seeds:
             params = {**common, **(rparams or {})}
             if seed is not None: params["seed"] = seed
@@ -149,6 +155,31 @@ def load_experiment(name: Union[str, Path], # an experiment's name (see list_exp
                                       f"(runs: {', '.join(dict.fromkeys(x.base for x in exp.runs))}); set paper_only: true for a row only the paper has")
         exp.reported.append(dict(r))
     return exp
+
+# %% ../nbs/12_experiments.ipynb #c2ac
+def _shared_runs(path: Path, line: int, rname: str, entry: Dict[str, Any], scale: str, root: Union[str, Path],
+                 seen: Tuple[str, ...]) -> List[Run]:
+    "The run(s) of another experiment that the entry `rname: {shared: EXPERIMENT/RUN}` of spec `path` stands for."
+    extra = sorted(set(entry) - {"shared"})
+    if extra: raise _refuse(path, line, f"run {rname!r}: a shared run takes every parameter from the run it names: "
+                                        f"drop {', '.join(extra)}")
+    ref = str(entry["shared"])
+    if ref.count("/") != 1 or "" in ref.split("/"):
+        raise _refuse(path, line, f"run {rname!r}: shared must be EXPERIMENT/RUN, got {ref!r}")
+    other, oname = ref.split("/")
+    beside = path.parent / f"{other}.yaml"
+    spec = beside if beside.exists() else experiments_dir() / f"{other}.yaml"
+    if str(spec.resolve()) in seen: raise _refuse(path, line, f"run {rname!r}: shared {ref} leads back to {spec.name}: a cycle")
+    if not spec.exists():
+        raise _refuse(path, line, f"run {rname!r}: shared {ref}: no experiment {other!r} beside the spec or among "
+                                  f"{', '.join(list_experiments())}")
+    try: oexp = load_experiment(spec, scale, root, _seen=seen)
+    except ValueError as e: raise _refuse(path, line, f"run {rname!r}: shared {ref}: {e}") from None
+    runs = [r for r in oexp.runs if r.base == oname]
+    if not runs: raise _refuse(path, line, f"run {rname!r}: experiment {other} has no run {oname!r} at scale {scale!r} "
+                                           f"(runs: {', '.join(dict.fromkeys(r.base for r in oexp.runs))})")
+    return [Run(rname + r.name[len(r.base):], dict(r.params), line, rname, r.seed, home=r.home or (oexp.name, r.name))
+            for r in runs]
 
 # %% ../nbs/12_experiments.ipynb #e009
 STATES = ("done", "running", "partial", "new")
@@ -345,7 +376,7 @@ def results_table(exp: Experiment) -> str:
         vs = lambda ours, key: (f" ({100 * ours - rep[key]:+.1f})" if ours is not None and key in rep else "")
         paper = ", ".join(f"{k} {v:g}" for k, v in rep.items() if _is_metric(k)) + (f" [{rep['source']}]" if rep.get("source") else "")
         paper += f" ({rep['note']})" if rep.get("note") else ""
-        cells = [f"[{r['run']}]({Path(r['notebook']).name})", pct(r["clean"]) + vs(r["clean"], "clean")]
+        cells = [f"[{r['run']}]({os.path.relpath(r['notebook'], exp.folder)})", pct(r["clean"]) + vs(r["clean"], "clean")]
         cells += [pct(r["attacks"].get(a)) + vs(r["attacks"].get(a), a) for a in attacks]
         cells += [f"**{pct(r['headline'])}**{vs(r['headline'], 'headline')}", "–" if r["train_s"] is None else f"{r['train_s'] / 60:.2f}",
                   f"{r['grad_evals']} / {r['passes']:.2f}" if r["passes"] is not None else str(r["grad_evals"]),
@@ -390,6 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             s.add_argument("--timeout-min", type=int, default=4320)
             s.add_argument("--partition", default=None, help="Slurm partition")
             s.add_argument("--no-report", action="store_true", help="do not make the report notebook at the end")
+            s.add_argument("--only", default=None, help="run only these runs of the spec (comma-separated names)")
     a = p.parse_args(argv)
     try:
         if a.cmd == "list":
@@ -401,6 +433,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if a.cmd == "report":
             print(report(exp)); return 0
+        if a.only:
+            want = [w.strip() for w in a.only.split(",") if w.strip()]
+            unknown = [w for w in want if w not in {r.base for r in exp.runs} | {r.name for r in exp.runs}]
+            if unknown: raise ValueError(f"--only {', '.join(unknown)}: not a run of {exp.name} at scale {exp.scale} "
+                                         f"(runs: {', '.join(dict.fromkeys(r.base for r in exp.runs))})")
+            exp.runs = [r for r in exp.runs if r.base in want or r.name in want]
         slurm = {"partition": a.partition} if a.partition else None
         outcomes = run_experiment(exp, a.cluster, a.jobs, timeout_min=a.timeout_min, slurm=slurm, gpus_per_run=a.gpus)
         failed = [o for o in outcomes if o.state == "failed"]

@@ -36,7 +36,7 @@ from .core import (SHARED_KNOBS, Adversarial, Knob, Method, MethodOutput, Norm, 
 from .data import Batches, DATASETS, dataset_info, get_data, to_float
 from .models import MODELS, get_model
 from .analysis import hessian_top_eigenvalue
-from .evaluate import EVAL_FILES, EVAL_JSON, SUITES, EvalResult, evaluate, get_eval_attack, headline_text
+from .evaluate import EVAL_FILES, EVAL_JSON, EvalResult, evaluate, get_eval_attack, headline_text, resolve_suite
 from .runs import (CHECKPOINT_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE,
                            RUN_FILES, RunLock, RunLocked, evaluate_run, load_run_model, save_run_model)
 
@@ -82,7 +82,7 @@ class TrainConfig:
     hessian_every: int = 0 # log the top eigenvalue of the inner loss's input Hessian every k epochs (0: never)
     hessian_loss: str = "ce" # loss of that Hessian: ce or kl
     test_subset: int = 1000 # test examples of the final evaluation (0: the whole test set)
-    eval_suite: str = "quick" # attack suite run after training (clean, pgd, quick, standard, full; none: skip)
+    eval_suite: str = "quick" # attack suite run after training (clean, pgd, quick, standard, full, or names joined by +: standard+pgd40; none: skip)
     aa_subset: int = 100 # test examples for AutoAttack and the other slow attacks of that suite (0: all)
     max_train_samples: int = 0 # use at most this many training examples (0: all)
     augment: str = "auto" # auto (crop+flip for 32x32 colour sets), none, crop_flip
@@ -289,8 +289,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_float("lr_decay", cfg.lr_decay, lo=0, hi=1, lo_open=True)
     check_float("cyclic_peak", cfg.cyclic_peak, lo=0, hi=1, lo_open=True, hi_open=True)
     for m in cfg.milestones: check_float("milestones", m)
-    if cfg.eval_suite != "none" and cfg.eval_suite not in SUITES:
-        raise ValueError(f"unknown eval_suite {cfg.eval_suite!r}: allowed are none, {', '.join(SUITES)}")
+    if cfg.eval_suite != "none":
+        try: resolve_suite(cfg.eval_suite, ThreatModel(cfg.norm, cfg.eps))
+        except ValueError as e: raise ValueError(f"eval_suite: {e}; or none") from None
     spec = get_eval_attack(cfg.val_attack)
     if spec.name == "clean" or cfg.norm not in spec.norms:
         raise ValueError(f"val_attack {cfg.val_attack!r} cannot select checkpoints under {cfg.norm}: use apgd-ce or pgd<k>")
