@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .evaluate import _check_data, _device_of, frozen_eval
 __all__ = ['filter_normalized_direction', 'loss_landscape', 'clean_loss', 'adversarial_loss', 'plot_landscape_1d',
            'plot_landscape_2d', 'input_grad_norms', 'grad_norm_stats', 'hessian_top_eigenvalue', 'penultimate_features',
            'tsne_two_classes', 'plot_tsne', 'decision_regions', 'plot_decision_regions', 'stability_summary',
-           'plot_stability']
+           'plot_stability', 'plot_convergence']
 
 # %% ../nbs/10c_analysis.ipynb #c005
 def filter_normalized_direction(model: nn.Module, # the model whose parameters set the scale
@@ -353,3 +353,32 @@ def plot_stability(results: Dict[str, Sequence[float]], # method -> robust accur
     ax.set_ylabel("robust accuracy (%)")
     if title: ax.set_title(title, fontsize=10)
     return ax
+
+# %% ../nbs/10c_analysis.ipynb #cead
+def plot_convergence(histories: Dict[str, Sequence[Dict[str, Any]]], # label -> per-epoch records: 'epoch', 'epoch_time_s' and the metrics
+                     metrics: Dict[str, str], # record key -> axis label, e.g. {'pgd40': 'PGD-40 accuracy (%)'}; fractions
+                     title: Optional[str] = None, # figure title
+                     styles: Optional[Dict[str, Dict[str, Any]]] = None, # label -> matplotlib line keywords (color, ls, ...)
+                    ):
+    "Each metric (in %) against epochs and against cumulated training minutes, one line per label (Kanai et al., Fig. 3)."
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and open figures stay untouched
+    if not histories or not metrics: raise ValueError("plot_convergence needs at least one history and one metric")
+    for label, h in histories.items():
+        missing = sorted({k for r in h for k in ("epoch", "epoch_time_s", *metrics) if k not in r})
+        if not h or missing: raise ValueError(f"history {label!r} is empty or lacks {', '.join(missing) or 'records'}")
+    fig = Figure(figsize=(9.5, 3.2 * len(metrics)))
+    axes = fig.subplots(len(metrics), 2, squeeze=False)
+    for label, h in histories.items():
+        kw = dict(marker="o", ms=3, label=label, **(styles or {}).get(label, {}))
+        minutes = np.cumsum([r["epoch_time_s"] for r in h]) / 60
+        for row, key in zip(axes, metrics):
+            acc = [100 * r[key] for r in h]
+            row[0].plot([r["epoch"] for r in h], acc, **kw)
+            row[1].plot(minutes, acc, **kw)
+    for row, (key, name) in zip(axes, metrics.items()):
+        row[0].set(xlabel="epoch", ylabel=name); row[1].set(xlabel="training time (min, cumulated)", ylabel=name)
+        for ax in row: ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
