@@ -93,6 +93,24 @@ def test_report_holds_the_runs_numbers(toy):
     assert "image/png" in json.dumps(json.loads(out.read_text())["cells"])  # the robustness-vs-time figure
 
 
+def test_shared_run_is_trained_once_and_reported_by_both(toy, tmp_path):
+    "A spec whose run is `{shared: toy/trades}` finds the toy experiment's run done: no job, the same row, a link to it."
+    exp, _, _, _ = toy
+    spec = tmp_path / "uses_toy.yaml"
+    spec.write_text("title: shares the toy TRADES run\nscales:\n  cpu:\n    time: seconds\n    runs:\n"
+                    "      baseline: {shared: toy/trades}\n")
+    other = load_experiment(spec, "cpu", root=exp.root)
+    run, = other.runs
+    assert other.out_dir(run) == exp.out_dir(exp.runs[1]) and run_state(other, run) == "done"
+    assert [o.state for o in run_experiment(other, jobs=1, poll_s=0.5, progress=False)] == ["skipped"]
+    assert not (other.folder / ".submitit").exists()  # nothing was submitted
+    row, = results(other)
+    toy_row = next(r for r in results(exp) if r["run"] == "trades")
+    assert {k: v for k, v in row.items() if k not in ("run", "base")} == {k: v for k, v in toy_row.items() if k not in ("run", "base")}
+    from robustnb.experiments import results_table
+    assert results_table(other).splitlines()[2].startswith("| [baseline](../toy/trades.ipynb) |")
+
+
 def _proc_tree(pid):
     "pid and all its descendants, from /proc."
     children = {}
