@@ -366,7 +366,8 @@ def plot_convergence(histories: Dict[str, Sequence[Dict[str, Any]]], # label -> 
     for label, h in histories.items():
         missing = sorted({k for r in h for k in ("epoch", "epoch_time_s", *metrics) if k not in r})
         if not h or missing: raise ValueError(f"history {label!r} is empty or lacks {', '.join(missing) or 'records'}")
-    fig = Figure(figsize=(9.5, 3.2 * len(metrics)))
+    from matplotlib.ticker import MaxNLocator
+    fig = Figure(figsize=(10.5, 3.2 * len(metrics)), layout="constrained")
     axes = fig.subplots(len(metrics), 2, squeeze=False)
     for label, h in histories.items():
         kw = dict(marker="o", ms=3, label=label, **(styles or {}).get(label, {}))
@@ -377,8 +378,8 @@ def plot_convergence(histories: Dict[str, Sequence[Dict[str, Any]]], # label -> 
             row[1].plot(minutes, acc, **kw)
     for row, (key, name) in zip(axes, metrics.items()):
         row[0].set(xlabel="epoch", ylabel=name); row[1].set(xlabel="training time (min, cumulated)", ylabel=name)
+        row[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         for ax in row: ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)  # beside the panels, over no curve
     if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
