@@ -311,7 +311,8 @@ def plot_decision_regions(regions: Dict[str, dict], # what `decision_regions` re
     y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
     nrows = -(-len(regions) // ncols)
     ncols = min(ncols, len(regions))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 1, size * nrows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 1, size * nrows + 0.4), squeeze=False,
+                             layout="constrained")  # room for the panel titles, the colour bar and a title of several lines
     for ax, (name, r) in zip(axes.flat, regions.items()):
         ax.imshow(r["grid"], extent=(-1, 1, -1, 1), origin="lower", cmap=cmap, norm=norm, alpha=0.3,
                   interpolation="nearest")
@@ -322,7 +323,7 @@ def plot_decision_regions(regions: Dict[str, dict], # what `decision_regions` re
     for ax in list(axes.flat)[len(regions):]: ax.axis("off")
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes, ticks=range(num_classes), label="class", fraction=0.03, pad=0.02)
-    if title: fig.suptitle(title, fontsize=10, y=1.0)
+    if title: fig.suptitle(title, fontsize=10)
     return fig
 
 # %% ../nbs/10c_analysis.ipynb #c029
