@@ -333,7 +333,6 @@ def _suite_part(part: str, threat: ThreatModel, whole: str) -> List[EvalAttack]:
     except ValueError:
         raise ValueError(f"unknown suite {whole!r}: allowed are {', '.join(SUITES)}, or suites and attack names joined "
                          f"by '+' ({part!r} is neither)") from None
-    if threat.norm.value not in a.norms: raise ValueError(f"{a.name}: not applicable to the {threat.norm.value} threat model")
     return [a]
 
 def resolve_suite(suite: Union[str, Sequence[str]], # a name in SUITES, names joined by '+' ('standard+pgd40'), or a list of attack names
@@ -345,8 +344,8 @@ def resolve_suite(suite: Union[str, Sequence[str]], # a name in SUITES, names jo
     else:
         if not len(suite): raise ValueError("suite is an empty list: name at least one attack")
         specs = [get_eval_attack(s) for s in suite]
-        bad = [a.name for a in specs if threat.norm.value not in a.norms]
-        if bad: raise ValueError(f"{', '.join(bad)}: not applicable to the {threat.norm.value} threat model")
+    bad = [a.name for a in specs if threat.norm.value not in a.norms]  # only named attacks can be: suites are filtered
+    if bad: raise ValueError(f"{', '.join(bad)}: not applicable to the {threat.norm.value} threat model")
     out = [get_eval_attack("clean")]
     for a in specs:
         if a.name not in [o.name for o in out]: out.append(a)

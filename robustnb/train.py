@@ -281,7 +281,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}: allowed are {', '.join(sorted(RECIPES))}")
     for name in _FLOATS: check_float(name, getattr(cfg, name))  # NaN and inf are refused everywhere
-    ThreatModel(cfg.norm, cfg.eps)  # validates norm and eps >= 0
+    threat = ThreatModel(cfg.norm, cfg.eps)  # validates norm and eps >= 0
     for name in ("epochs", "batch_size", "eval_every", "eval_subset"): check_int(name, getattr(cfg, name), lo=1)
     for name in ("test_subset", "max_train_samples", "hessian_every", "aa_subset", "seed"):
         check_int(name, getattr(cfg, name), lo=0)
@@ -290,7 +290,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_float("cyclic_peak", cfg.cyclic_peak, lo=0, hi=1, lo_open=True, hi_open=True)
     for m in cfg.milestones: check_float("milestones", m)
     if cfg.eval_suite != "none":
-        try: resolve_suite(cfg.eval_suite, ThreatModel(cfg.norm, cfg.eps))
+        try: resolve_suite(cfg.eval_suite, threat)
         except ValueError as e: raise ValueError(f"eval_suite: {e}; or none") from None
     spec = get_eval_attack(cfg.val_attack)
     if spec.name == "clean" or cfg.norm not in spec.norms:
