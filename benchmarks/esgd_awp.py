@@ -73,6 +73,12 @@ def build(name, a, tmp):
     return T.setup(cfg, progress=False)
 
 
+def timed(rec, st):
+    "What the cost ratios need of one epoch record of `train_epoch`: its time, the images it trained on, its passes."
+    return dict(epoch_time_s=rec["epoch_time_s"], images=rec["steps"] * rec["closure_calls"] * st.cfg.batch_size,
+                grad_evals=rec["grad_evals_per_sample"], passes=rec["passes_per_sample"])
+
+
 def evaluate_epoch(st, x, y, n_test, seed):
     "Clean and PGD-40 accuracy of the model on the first n_test test images (eval mode; not timed with the epoch)."
     from robustnb.evaluate import evaluate
@@ -140,9 +146,7 @@ def main(argv=None):
                     rec = train_epoch(st, e)
                     t_eval = time.perf_counter()
                     clean, rob = evaluate_epoch(st, x_te, y_te, a.n_test, a.seed)
-                    rows[name]["history"].append(dict(epoch=e + 1, epoch_time_s=rec["epoch_time_s"], train_loss=rec["train_loss"],
-                                                      images=rec["steps"] * rec["closure_calls"] * st.cfg.batch_size,
-                                                      grad_evals=rec["grad_evals_per_sample"], passes=rec["passes_per_sample"],
+                    rows[name]["history"].append(dict(epoch=e + 1, **timed(rec, st), train_loss=rec["train_loss"],
                                                       steps=rec["steps"], closure_calls=rec["closure_calls"], clean=clean,
                                                       pgd40=rob, eval_s=time.perf_counter() - t_eval))
                     print(f"epoch {e + 1} {name:10s} {rec['epoch_time_s']:7.1f} s  loss {rec['train_loss']:.3f}  "
@@ -151,9 +155,7 @@ def main(argv=None):
             for r in range(a.rounds):  # timing only: one more epoch each, interleaved, no evaluation
                 for name in names:
                     rec = train_epoch(states[name], a.epochs + r)
-                    rows[name].setdefault("rounds", []).append(dict(epoch_time_s=rec["epoch_time_s"], grad_evals=rec["grad_evals_per_sample"],
-                                                                    images=rec["steps"] * rec["closure_calls"] * states[name].cfg.batch_size,
-                                                                    passes=rec["passes_per_sample"]))
+                    rows[name].setdefault("rounds", []).append(timed(rec, states[name]))
                     print(f"round {r + 1} {name:10s} {rec['epoch_time_s']:7.1f} s", file=sys.stderr, flush=True)
         finally:
             for st in states.values():
